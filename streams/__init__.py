@@ -1,0 +1,1 @@
+"""The streaming shell of omniprofile: Faust app, topics, agents, tables, sinks, command line."""

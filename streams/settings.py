@@ -1,0 +1,151 @@
+"""Configuration: every setting is an ``OMNIPROFILE_*`` environment variable.
+
+Settings are read by calling :func:`load_settings`, never at import time, and are
+validated up front: a mistake stops the process with a message naming the variable
+and how to fix it (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "OMNIPROFILE_"
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+# Used only when OMNIPROFILE_HASH_KEY is unset; the worker logs a warning then.
+DEVELOPMENT_HASH_KEY = "omniprofile-development-key-change-me"
+
+
+class ConfigError(Exception):
+    """A configuration mistake, with the fix in the message."""
+
+
+class Settings(BaseSettings):
+    """All settings of a worker or a command; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    topic_prefix: str = ""
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+
+    # Faust
+    app_id: str = "omniprofile"
+    table_store: str = "memory://"
+    data_dir: Path = Path(".omniprofile")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Redis (the serving view)
+    redis_url: str = "redis://localhost:6379/0"
+    redis_key_prefix: str = "omniprofile:"
+    redis_flush_interval_ms: int = Field(default=200, ge=10, le=60_000)
+    redis_flush_max: int = Field(default=1000, ge=1, le=100_000)
+    redis_socket_timeout: float = Field(default=5.0, gt=0, le=120)
+
+    # Input validation
+    max_event_bytes: int = Field(default=1_048_576, ge=1024)
+    max_future_seconds: int = Field(default=86_400, ge=0)
+    min_event_year: int = Field(default=2000, ge=1970, le=2100)
+    hash_key: SecretStr = SecretStr(DEVELOPMENT_HASH_KEY)
+
+    # Profiles and segments
+    segments: int = Field(default=8, ge=2, le=64)
+    dedup_window: int = Field(default=256, ge=0, le=100_000)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_is_host_port_list(cls, value: str) -> str:
+        servers = [s.strip().removeprefix("kafka://") for s in value.split(",") if s.strip()]
+        bad = [s for s in servers if not _HOST_PORT.match(s)]
+        if not servers or bad:
+            raise ValueError(
+                f"expected a comma-separated list of host:port, got {value!r}; "
+                "for example OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS=localhost:9092"
+            )
+        return ",".join(servers)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"expected a redis://, rediss:// or unix:// URL, got {value!r}; "
+                "for example OMNIPROFILE_REDIS_URL=redis://localhost:6379/0"
+            )
+        return value
+
+    @field_validator("table_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(("memory://", "rocksdict://", "rocksdb://")):
+            raise ValueError(
+                f"unknown table store {value!r}; use memory:// (development) or rocksdict:// (production)"
+            )
+        return value
+
+    @field_validator("topic_prefix", "redis_key_prefix")
+    @classmethod
+    def _no_spaces(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value):
+            raise ValueError(f"must not contain white space, got {value!r}")
+        return value
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return self.kafka_bootstrap_servers.split(",")
+
+    @property
+    def uses_development_hash_key(self) -> bool:
+        return self.hash_key.get_secret_value() == DEVELOPMENT_HASH_KEY
+
+    def check_auth(self) -> None:
+        """Cross-field checks that a single field validator cannot make."""
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ConfigError(
+                f"OMNIPROFILE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "OMNIPROFILE_KAFKA_SASL_USERNAME and OMNIPROFILE_KAFKA_SASL_PASSWORD; set both, "
+                "or use OMNIPROFILE_KAFKA_SECURITY_PROTOCOL=PLAINTEXT for a local broker"
+            )
+        if self.kafka_ssl_cafile is not None and not self.kafka_ssl_cafile.is_file():
+            raise ConfigError(
+                f"OMNIPROFILE_KAFKA_SSL_CAFILE={self.kafka_ssl_cafile} is not a readable file; "
+                "point it at the CA certificate (PEM) of the Kafka cluster"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings from the environment (``overrides`` win).
+
+    Raises :class:`ConfigError` with one line per problem, each naming the
+    environment variable and what a valid value looks like.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {ENV_PREFIX}{field.upper()}: {msg}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    settings.check_auth()
+    return settings

@@ -1,0 +1,71 @@
+"""Every topic name of the contract, declared once.
+
+Names only (no Faust import): :mod:`streams.app` turns them into Faust topics, and the
+command line, the demo, docker-compose checks and tests read them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The input sources, in the contract's order; the topic is ``events.<source>``.
+SOURCES: tuple[str, ...] = ("clickstream", "email", "app", "social", "offline", "identify")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Topic names under one prefix (``OMNIPROFILE_TOPIC_PREFIX``)."""
+
+    prefix: str = ""
+
+    def source(self, source: str) -> str:
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+        return f"{self.prefix}events.{source}"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.source(s) for s in SOURCES)
+
+    @property
+    def updates(self) -> str:
+        return f"{self.prefix}profiles.updates"
+
+    @property
+    def segments(self) -> str:
+        return f"{self.prefix}profiles.segments"
+
+    @property
+    def hops(self) -> str:
+        return f"{self.prefix}profiles.hops"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}profiles.deadletter"
+
+    @property
+    def by_customer(self) -> str:
+        """Internal: validated events re-keyed by customer, co-partitioned with the profile table."""
+        return f"{self.prefix}omniprofile.events-by-customer"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.updates, self.segments, self.hops, self.deadletter)
+
+    @property
+    def public(self) -> tuple[str, ...]:
+        """The topics of the public contract (inputs and outputs)."""
+        return self.inputs + self.outputs
+
+    def source_of(self, topic: str) -> str | None:
+        """The source name of an input topic, or None for any other topic.
+
+        >>> TopicNames("shop1.").source_of("shop1.events.email")
+        'email'
+        >>> TopicNames().source_of("profiles.updates") is None
+        True
+        """
+        head = f"{self.prefix}events."
+        if topic.startswith(head) and topic[len(head):] in SOURCES:
+            return topic[len(head):]
+        return None
