@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     """All settings of a worker or a command; see the README's configuration table."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+        # An empty variable (``OMNIPROFILE_KAFKA_SSL_CAFILE=`` in a .env file) means "unset".
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True, env_ignore_empty=True
     )
 
     # Kafka
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    kafka_session_timeout: float = Field(default=20.0, ge=3, le=300)
     topic_prefix: str = ""
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
@@ -51,6 +53,11 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     # Redis (the serving view)
     redis_url: str = "redis://localhost:6379/0"

@@ -1,0 +1,112 @@
+"""Output records of the contract, and the JSON Schemas shipped with the package.
+
+The worker builds these as plain dicts on the hot path; the models here are the
+documented shape (their JSON Schemas are in ``models/schemas``) and the tests validate
+real output against them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.events import DEFAULT_CHANNEL, EVENT_MODELS, SOURCE_TYPES
+
+SCHEMA_VERSION = 1
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+class ProfileUpdate(BaseModel):
+    """On ``profiles.updates``, keyed by customer id, after every change of a profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    customer_id: str
+    version: int = Field(ge=1, description="raised by one on every change of this customer's profile")
+    ts: str = Field(description="when the worker published it (ISO-8601 UTC)")
+    changed: list[str] = Field(description="the parts of the profile that changed; empty on a re-publish")
+    profile: dict[str, Any] = Field(description="the merged profile with per-channel sub-profiles")
+
+
+class SegmentChange(BaseModel):
+    """On ``profiles.segments`` when a customer moves between segments (issue 3)."""
+
+    customer_id: str
+    scope: str = Field(description="'all' or a channel")
+    from_segment: str | None
+    to_segment: str
+    model_version: int
+    ts: str
+
+
+class ChannelHop(BaseModel):
+    """On ``profiles.hops`` when a customer's next interaction is on another channel (issue 4)."""
+
+    customer_id: str
+    from_channel: str
+    to_channel: str
+    gap_seconds: float
+    ts: str
+    converted: bool
+
+
+class DeadLetter(BaseModel):
+    """On ``profiles.deadletter``, keyed like the source message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_topic: str
+    partition: int
+    offset: int
+    index: int | None = Field(description="position in a JSON-array message; None for the whole message")
+    error: str
+    value: str = Field(description="the original value: UTF-8 text, or base64 when value_encoding says so")
+    value_encoding: Literal["utf-8", "base64"]
+    value_size: int = Field(description="size of the original value in bytes")
+    value_truncated: bool = Field(description="True when value holds only the first bytes of a large message")
+    ts: str
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Every input and output JSON Schema, by file name."""
+    out = {f"event.{source}.json": _event_schema(source, model) for source, model in EVENT_MODELS.items()}
+    for model in (ProfileUpdate, SegmentChange, ChannelHop, DeadLetter):
+        out[f"{model.__name__}.json"] = model.model_json_schema()
+    return out
+
+
+def _event_schema(source: str, model: type) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    props = schema["properties"]
+    # The model stores what validation produces; on the wire the contract allows more.
+    props["type"] = {"title": "Type", "enum": list(SOURCE_TYPES[source])}
+    props["ts"] = {
+        "title": "Ts",
+        "description": "event time: ISO-8601 with a zone, or epoch milliseconds",
+        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}],
+    }
+    if DEFAULT_CHANNEL[source]:
+        schema["required"] = [r for r in schema["required"] if r != "channel"]
+        props["channel"]["default"] = DEFAULT_CHANNEL[source]
+    schema["additionalProperties"] = True  # unknown top-level fields are moved into properties
+    schema["description"] = f"An event on the events.{source} topic (schema_version {SCHEMA_VERSION})."
+    return schema
+
+
+def render_schema(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Write the schemas into ``directory`` (``omniprofile schemas`` calls this)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = directory / name
+        path.write_text(render_schema(schema))
+        written.append(path)
+    return written

@@ -1,0 +1,944 @@
+"""Seeded synthetic omnichannel events with their ground truth.
+
+:func:`generate` invents customers of a few :data:`PERSONAS`, walks each one along a
+planned journey of channels (for example ``instagram -> web`` or
+``amazon -> ebay -> amazon``) in sessions, and returns the events exactly as producers
+would put them on the ``events.<source>`` topics, plus the truth a test or a demo can
+check the engine against: persona, journey, purchase channels and identify traits.
+It can also mix in invalid messages of every kind the engine must dead-letter.
+
+The generator is pure: the output depends only on the arguments (one
+``random.Random(seed)``, no wall clock, no uuid4), and it imports only the standard
+library. It is written for volume (``generate(100_000)`` takes seconds): per-event work
+is a few draws from precomputed tables and one dict.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+from bisect import bisect
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import cache
+from itertools import accumulate
+
+SOURCES = ("clickstream", "email", "app", "social", "offline", "identify")
+
+SOURCE_TYPES: dict[str, tuple[str, ...]] = {
+    "clickstream": ("page_view", "product_view", "search", "add_to_cart", "checkout", "purchase"),
+    "email": ("sent", "open", "click", "unsubscribe", "bounce"),
+    "app": ("install", "app_open", "screen_view", "push_open", "purchase", "uninstall"),
+    "social": ("follow", "like", "comment", "share", "message", "mention", "ad_click"),
+    "offline": ("store_visit", "event_attended", "pos_purchase"),
+    "identify": ("identify", "alias"),
+}
+
+MARKETPLACES = ("amazon", "ebay", "etsy")
+SOCIAL_PLATFORMS = ("facebook", "instagram", "pinterest", "tiktok", "x")
+
+# The source whose topic carries a channel's events.
+CHANNEL_SOURCE: dict[str, str] = {
+    "web": "clickstream",
+    **{m: "clickstream" for m in MARKETPLACES},
+    "email": "email",
+    "app": "app",
+    **{p: "social" for p in SOCIAL_PLATFORMS},
+    "store": "offline",
+}
+
+INVALID_KINDS = (
+    "truncated_json",
+    "not_utf8",
+    "empty",
+    "wrong_type",
+    "no_identifier",
+    "unknown_type",
+    "future_ts",
+    "past_ts",
+    "missing_revenue",
+)
+
+DEFAULT_START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """A kind of customer: ``name`` is the id used in the truth, ``label`` reads well in a report."""
+
+    name: str
+    label: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerTruth:
+    """What was planned for one customer, to check the engine against.
+
+    ``journey`` is the ordered path of channels walked (consecutive duplicates
+    collapsed); the customer's non-identify events follow it exactly.
+    ``purchase_channels`` lists the channels with a purchase, in order of the first one.
+    ``traits`` are the identify traits sent for the customer.
+    """
+
+    customer_id: str
+    anonymous_id: str
+    email: str
+    persona: str
+    journey: tuple[str, ...]
+    purchase_channels: tuple[str, ...]
+    traits: dict
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedEvent:
+    """A valid event: ``event`` is the JSON-ready envelope for topic ``events.<source>``."""
+
+    source: str
+    event: dict
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """A raw message value that breaks the contract in the way ``kind`` names."""
+
+    source: str
+    payload: bytes
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Customers' truth, valid events in event-time order and invalid messages."""
+
+    customers: tuple[CustomerTruth, ...]
+    events: tuple[GeneratedEvent, ...]
+    invalid: tuple[InvalidEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Behaviour:
+    """How one persona acts; probabilities are per session unless named otherwise."""
+
+    persona: Persona
+    weight: float
+    journeys: tuple[tuple[tuple[str, ...], float], ...]
+    sessions: dict[str, tuple[int, int]]  # sessions per journey stage, by channel
+    age: tuple[int, int]
+    devices: tuple[tuple[str, float], ...]
+    categories: tuple[str, ...]
+    interests: tuple[str, ...]
+    income: tuple[float, ...]  # weights over _INCOME_BANDS
+    buy: dict[str, float]  # purchase probability of a session, by channel
+    cheapness: float = 1.0  # > 1 picks cheaper products of a category
+    discount: float = 0.15  # share of purchases with a discount
+    browse: tuple[int, int] = (1, 3)  # product views and searches per shop session
+    search_share: float = 0.3
+    abandon: float = 0.15  # add_to_cart without purchase
+    email_open: float = 0.3
+    email_click: float = 0.25  # given an open
+    social_actions: tuple[int, int] = (1, 3)
+    social_mix: tuple[tuple[str, float], ...] = (("like", 6), ("follow", 1), ("share", 1), ("comment", 1))
+    ad_click: float = 0.3  # a social stage before a shop stage ends with an ad click
+    push: float = 0.2  # an app session opened from a push notification
+    screens: tuple[int, int] = (1, 3)
+    event_attended: float = 0.05
+    gap_scale: float = 1.0  # shorter gaps between sessions when < 1
+    quantity: tuple[int, ...] = (1, 1, 1, 1, 2)
+
+
+_INCOME_BANDS = ("low", "lower_middle", "middle", "upper_middle", "high")
+
+_BEHAVIOURS: tuple[_Behaviour, ...] = (
+    _Behaviour(
+        Persona(
+            "marketplace_bargain_hunter",
+            "marketplace bargain hunters",
+            "Compare prices for the same products across Amazon, eBay and Etsy on a desktop and buy on Amazon, "
+            "mostly at a discount.",
+        ),
+        weight=0.17,
+        journeys=(
+            (("amazon", "ebay", "amazon"), 0.35),
+            (("ebay", "amazon"), 0.2),
+            (("amazon", "etsy", "amazon"), 0.15),
+            (("web", "amazon"), 0.15),
+            (("amazon",), 0.15),
+        ),
+        sessions={"amazon": (1, 2), "ebay": (1, 1), "etsy": (1, 1), "web": (1, 1)},
+        age=(28, 55),
+        devices=(("desktop", 0.75), ("mobile", 0.2), ("tablet", 0.05)),
+        categories=("electronics", "home", "toys", "sports"),
+        interests=("deals", "tech", "gaming", "diy"),
+        income=(0.3, 0.35, 0.25, 0.08, 0.02),
+        buy={"amazon": 0.45, "ebay": 0.08, "etsy": 0.04, "web": 0.03},
+        cheapness=2.5,
+        discount=0.8,
+        browse=(2, 5),
+        search_share=0.35,
+        abandon=0.25,
+    ),
+    _Behaviour(
+        Persona(
+            "app_loyalist",
+            "app loyalists",
+            "Open the mobile app several times a week, react to push notifications and buy in the app.",
+        ),
+        weight=0.17,
+        journeys=((("app",), 0.5), (("email", "app"), 0.2), (("web", "app"), 0.2), (("instagram", "app"), 0.1)),
+        sessions={"app": (2, 4), "email": (1, 1), "web": (1, 1), "instagram": (1, 1)},
+        age=(22, 45),
+        devices=(("mobile", 0.9), ("tablet", 0.1)),
+        categories=("groceries", "beauty", "fashion"),
+        interests=("food", "beauty", "fashion", "fitness"),
+        income=(0.1, 0.25, 0.4, 0.2, 0.05),
+        buy={"app": 0.4, "web": 0.05},
+        discount=0.2,
+        email_open=0.4,
+        push=0.45,
+        screens=(1, 3),
+        gap_scale=0.5,
+        quantity=(1, 1, 2, 2, 3),
+    ),
+    _Behaviour(
+        Persona(
+            "social_discoverer",
+            "social discoverers",
+            "Discover products through Instagram, TikTok and Pinterest posts and ads on their phones, "
+            "then buy on the web shop.",
+        ),
+        weight=0.17,
+        journeys=(
+            (("instagram", "web"), 0.35),
+            (("tiktok", "web"), 0.25),
+            (("tiktok", "instagram", "web"), 0.15),
+            (("pinterest", "web"), 0.15),
+            (("instagram", "web", "instagram"), 0.1),
+        ),
+        sessions={"instagram": (1, 2), "tiktok": (1, 2), "pinterest": (1, 1), "web": (1, 1)},
+        age=(18, 29),
+        devices=(("mobile", 0.85), ("tablet", 0.1), ("desktop", 0.05)),
+        categories=("fashion", "beauty", "sports"),
+        interests=("fashion", "beauty", "music", "travel", "fitness"),
+        income=(0.35, 0.35, 0.2, 0.08, 0.02),
+        buy={"web": 0.45},
+        discount=0.1,
+        browse=(1, 3),
+        social_actions=(2, 3),
+        social_mix=(("like", 5), ("share", 2), ("comment", 2), ("follow", 1), ("message", 1), ("mention", 1)),
+        ad_click=0.8,
+    ),
+    _Behaviour(
+        Persona(
+            "email_responder",
+            "email responders",
+            "Read newsletters and promotions on a desktop, click through and buy on the web shop or in the app.",
+        ),
+        weight=0.17,
+        journeys=(
+            (("email", "web"), 0.5),
+            (("email", "web", "email", "web"), 0.2),
+            (("email", "app"), 0.15),
+            (("web", "email", "web"), 0.15),
+        ),
+        sessions={"email": (1, 2), "web": (1, 1), "app": (1, 1)},
+        age=(45, 75),
+        devices=(("desktop", 0.7), ("tablet", 0.2), ("mobile", 0.1)),
+        categories=("home", "garden", "books", "electronics"),
+        interests=("gardening", "books", "travel", "cooking"),
+        income=(0.05, 0.15, 0.35, 0.3, 0.15),
+        buy={"web": 0.45, "app": 0.35},
+        cheapness=0.7,
+        discount=0.25,
+        browse=(1, 3),
+        email_open=0.85,
+        email_click=0.7,
+        gap_scale=1.2,
+    ),
+    _Behaviour(
+        Persona(
+            "store_regular",
+            "store regulars",
+            "Visit their local stores often, pay at the till and attend in-store events, with little online "
+            "activity.",
+        ),
+        weight=0.14,
+        journeys=((("store",), 0.5), (("email", "store"), 0.2), (("facebook", "store"), 0.15), (("web", "store"), 0.15)),
+        sessions={"store": (2, 4), "email": (1, 1), "facebook": (1, 1), "web": (1, 1)},
+        age=(35, 70),
+        devices=(("mobile", 0.6), ("other", 0.25), ("desktop", 0.15)),
+        categories=("groceries", "home", "fashion", "garden"),
+        interests=("food", "cooking", "family", "gardening"),
+        income=(0.15, 0.3, 0.35, 0.15, 0.05),
+        buy={"store": 0.6, "web": 0.02},
+        discount=0.1,
+        browse=(1, 2),
+        event_attended=0.25,
+        quantity=(1, 1, 2, 3),
+    ),
+    _Behaviour(
+        Persona(
+            "web_window_shopper",
+            "web window shoppers",
+            "Browse and search the web shop at length on a tablet, collect ideas on Pinterest and rarely buy.",
+        ),
+        weight=0.18,
+        journeys=(
+            (("web",), 0.45),
+            (("web", "pinterest", "web"), 0.2),
+            (("facebook", "web"), 0.15),
+            (("web", "email", "web"), 0.2),
+        ),
+        sessions={"web": (1, 2), "pinterest": (1, 1), "facebook": (1, 1), "email": (1, 1)},
+        age=(25, 60),
+        devices=(("tablet", 0.6), ("desktop", 0.25), ("mobile", 0.15)),
+        categories=("furniture", "fashion", "electronics", "home"),
+        interests=("interior", "fashion", "tech", "travel"),
+        income=(0.1, 0.25, 0.35, 0.2, 0.1),
+        buy={"web": 0.04},
+        cheapness=0.8,
+        browse=(4, 7),
+        search_share=0.4,
+        abandon=0.35,
+        ad_click=0.1,
+    ),
+)
+
+PERSONAS: tuple[Persona, ...] = tuple(b.persona for b in _BEHAVIOURS)
+
+# Product categories: (id prefix, lowest and highest base price in EUR, search terms).
+_CATEGORIES = {
+    "electronics": ("el", 20.0, 900.0, ("wireless headphones", "usb-c charger", "4k monitor", "smart watch")),
+    "home": ("ho", 8.0, 200.0, ("coffee grinder", "bed linen", "led lamp", "storage box")),
+    "fashion": ("fa", 12.0, 180.0, ("white sneakers", "denim jacket", "wool scarf", "summer dress")),
+    "beauty": ("be", 4.0, 80.0, ("vitamin c serum", "lip balm", "hair oil", "sunscreen spf 50")),
+    "sports": ("sp", 10.0, 250.0, ("yoga mat", "running shoes", "dumbbells", "cycling gloves")),
+    "toys": ("to", 6.0, 120.0, ("building blocks", "board game", "puzzle 1000", "rc car")),
+    "books": ("bo", 6.0, 45.0, ("crime novel", "cookbook", "travel guide", "garden book")),
+    "garden": ("ga", 5.0, 300.0, ("garden hose", "seed kit", "pruning shears", "raised bed")),
+    "groceries": ("gr", 1.5, 40.0, ("oat milk", "organic coffee", "olive oil", "dark chocolate")),
+    "furniture": ("fu", 40.0, 1500.0, ("sofa", "oak table", "bookshelf", "office chair")),
+}
+_PRODUCTS_PER_CATEGORY = 120
+
+# Price differences between channels, so that price checks across channels find something.
+_PRICE_FACTOR = {"web": 1.0, "amazon": 0.96, "ebay": 0.9, "etsy": 1.08, "app": 1.0, "store": 1.03}
+
+_PRODUCT_URL = {
+    "web": "https://shop.omniprofile.example/p/",
+    "amazon": "https://www.amazon.com/dp/",
+    "ebay": "https://www.ebay.com/itm/",
+    "etsy": "https://www.etsy.com/listing/",
+}
+_LANDING_URL = {
+    "web": "https://shop.omniprofile.example/",
+    "amazon": "https://www.amazon.com/stores/omniprofile",
+    "ebay": "https://www.ebay.com/str/omniprofile",
+    "etsy": "https://www.etsy.com/shop/omniprofile",
+}
+_POST_URL = {
+    "facebook": "https://www.facebook.com/omniprofile/posts/",
+    "instagram": "https://www.instagram.com/p/",
+    "pinterest": "https://www.pinterest.com/pin/",
+    "tiktok": "https://www.tiktok.com/@omniprofile/video/",
+    "x": "https://x.com/omniprofile/status/",
+}
+_TEXTS = ("love this!", "where can I buy it?", "is this available in blue?", "great quality", "what size is that?")
+_SCREENS = ("home", "search", "product", "cart", "offers", "account")
+_APP_VERSIONS = ("5.2.0", "5.3.1", "5.4.0")
+_REGIONS = {
+    "DE": ("Bavaria", "Berlin", "Hamburg"),
+    "FR": ("Ile-de-France", "Provence"),
+    "NL": ("North Holland", "Utrecht"),
+    "ES": ("Madrid", "Catalonia"),
+    "IT": ("Lombardy", "Lazio"),
+}
+_FIRST_NAMES = ("anna", "ben", "clara", "david", "emma", "felix", "greta", "hugo", "ines", "jonas", "lea", "marco",
+                "nina", "oscar", "paula", "rafael", "sofia", "tom", "vera", "yusuf")
+_LAST_NAMES = ("schmidt", "martin", "de.vries", "garcia", "rossi", "muller", "bernard", "jansen", "lopez", "bianchi")
+_MAIL_DOMAINS = ("mail", "post", "inbox", "webmail")
+_CAMPAIGN_TYPES = (("newsletter", 0.5), ("promotion", 0.35), ("transactional", 0.15))
+
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+_EPOCH_MS_SHARE = 0.2  # events whose ts is epoch milliseconds rather than ISO-8601 text
+_ALIAS_SHARE = 0.05
+
+
+def _cum(pairs):
+    """(values, cumulative weights), drawn from with :meth:`_Simulator.pick`."""
+    pairs = tuple(pairs)
+    return tuple(v for v, _ in pairs), tuple(accumulate(w for _, w in pairs))
+
+
+@cache
+def _clock_strings() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """'HH:MM:SS.' for every second of a day and 'mmmZ' for every millisecond."""
+    seconds = tuple(f"{h:02d}:{m:02d}:{s:02d}." for h in range(24) for m in range(60) for s in range(60))
+    millis = tuple(f"{ms:03d}Z" for ms in range(1000))
+    return seconds, millis
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _epoch_ms_ceil(moment: datetime) -> int:
+    return -(-(moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def _iso_ms(ms: int) -> str:
+    """ISO-8601 UTC text with milliseconds and a Z, as producers send it."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class _Context:
+    """Per-customer state the session writers share (mutable, private to one customer)."""
+
+    __slots__ = ("customer_id", "anonymous_id", "email", "interests", "region", "behaviour", "focus",
+                 "os", "app_version", "installed", "hook")
+
+    def __init__(self, customer_id, anonymous_id, email, interests, region, behaviour, focus, os, app_version):
+        self.customer_id = customer_id
+        self.anonymous_id = anonymous_id
+        self.email = email
+        self.interests = interests
+        self.region = region
+        self.behaviour = behaviour
+        self.focus = focus  # products the customer keeps coming back to (price checks)
+        self.os = os
+        self.app_version = app_version
+        self.installed = False
+        self.hook = None  # what led out of the last session: the clicked ad's post or email campaign
+
+
+class _Simulator:
+    """Walks customers through their journeys, appending each customer's events in time order.
+
+    Event dicts are built with ``event_id`` and ``ts`` placeholders (None) so that the
+    key order is final; :func:`generate` fills them once all events are sorted.
+    """
+
+    def __init__(self, rng: random.Random, window_ms: int, anonymous_share: float):
+        self.rng = rng
+        self.random = rng.random
+        self.window_ms = window_ms
+        self.anonymous_share = anonymous_share
+        self.times: list[int] = []  # event time, ms after the start of the window
+        self.sources: list[str] = []
+        self.events: list[dict] = []
+        self.orders = 0
+        self.behaviours = _cum((b, b.weight) for b in _BEHAVIOURS)
+        self.journeys = {b.persona.name: _cum(b.journeys) for b in _BEHAVIOURS}
+        self.devices = {b.persona.name: _cum(b.devices) for b in _BEHAVIOURS}
+        self.social_mix = {b.persona.name: _cum(b.social_mix) for b in _BEHAVIOURS}
+        self.incomes = {b.persona.name: _cum(zip(_INCOME_BANDS, b.income)) for b in _BEHAVIOURS}
+        self.campaign_types = _cum(_CAMPAIGN_TYPES)
+        self.campaigns = tuple(f"cmp-{n:03d}" for n in range(40))
+        rnd = self.random
+        self.catalog = {  # per category, (product_id, base price) from cheapest to dearest
+            cat: tuple(sorted(((f"{prefix}-{j:04d}", round(lo * (hi / lo) ** rnd(), 2))
+                               for j in range(_PRODUCTS_PER_CATEGORY)), key=lambda p: p[1]))
+            for cat, (prefix, lo, hi, _) in _CATEGORIES.items()
+        }
+        self.stores = {  # two stores per region
+            region: (f"st-{country.lower()}-{2 * i + 1:02d}", f"st-{country.lower()}-{2 * i + 2:02d}")
+            for country, regions in _REGIONS.items()
+            for i, region in enumerate(regions)
+        }
+        self.countries = tuple(_REGIONS)
+
+    # -- small draws -------------------------------------------------------------------
+
+    def pick(self, table):
+        values, cum = table
+        return values[bisect(cum, self.random() * cum[-1])]
+
+    def between(self, bounds: tuple[int, int]) -> int:
+        lo, hi = bounds
+        return lo + int(self.random() * (hi - lo + 1))
+
+    def any_product(self, b: _Behaviour) -> tuple[str, str, float]:
+        """(category, product_id, base price) from the persona's categories and price level."""
+        rnd = self.random
+        cat = b.categories[int(rnd() * len(b.categories))]
+        items = self.catalog[cat]
+        pid, price = items[int(rnd() ** b.cheapness * len(items))]
+        return cat, pid, price
+
+    def product(self, ctx: _Context) -> tuple[str, str, float]:
+        """Half the time one of the customer's focus products, else any product they might like."""
+        if self.random() < 0.5:
+            return ctx.focus[int(self.random() * len(ctx.focus))]
+        return self.any_product(ctx.behaviour)
+
+    def order(self, b: _Behaviour, cat: str, pid: str, price: float) -> dict:
+        rnd = self.random
+        qty = b.quantity[int(rnd() * len(b.quantity))]
+        gross = price * qty
+        discount = round(gross * (0.05 + 0.3 * rnd()), 2) if rnd() < b.discount else 0.0
+        self.orders += 1
+        return {"order_id": f"o-{self.orders:08d}", "revenue": round(gross - discount, 2), "currency": "EUR",
+                "quantity": qty, "category": cat, "product_id": pid, "discount": discount}
+
+    def emit(self, source: str, t: int, event: dict) -> None:
+        self.times.append(t)
+        self.sources.append(source)
+        self.events.append(event)
+
+    # -- one customer ------------------------------------------------------------------
+
+    def customer(self, index: int) -> CustomerTruth:
+        rnd = self.random
+        b = self.pick(self.behaviours)
+        name = b.persona.name
+        customer_id = f"c-{index + 1:06d}"
+        anonymous_id = f"anon-{self.rng.getrandbits(64):016x}"
+        first = _FIRST_NAMES[int(rnd() * len(_FIRST_NAMES))]
+        last = _LAST_NAMES[int(rnd() * len(_LAST_NAMES))]
+        email = f"{first}.{last}{index + 1}@{_MAIL_DOMAINS[int(rnd() * len(_MAIL_DOMAINS))]}.example"
+        traits = self.traits(b)
+        journey = self.pick(self.journeys[name])
+        devices = self.devices[name]
+        device = self.pick(devices)
+        ctx = _Context(customer_id, anonymous_id, email, traits["interests"], traits["region"], b,
+                       (self.any_product(b), self.any_product(b)), "ios" if rnd() < 0.5 else "android",
+                       _APP_VERSIONS[int(rnd() * len(_APP_VERSIONS))])
+
+        # Plan: each journey stage gets one or more sessions, hours or days apart.
+        plan = [(stage, ch) for stage, ch in enumerate(journey) for _ in range(self.between(b.sessions[ch]))]
+        gaps = [int(b.gap_scale * (1.5 * _HOUR_MS + rnd() * 10 * _HOUR_MS if rnd() < 0.55
+                                   else _DAY_MS + rnd() * 4 * _DAY_MS))
+                for _ in range(len(plan) - 1)]
+        lead = 1_000 + int(rnd() * 600_000)  # sign-up (identify) shortly before the first session
+        room = self.window_ms - 1
+        need = 2_000 + lead + sum(gaps) + _HOUR_MS  # a session lasts well under an hour
+        if need > room:  # a short window: squeeze the gaps; sessions still never overlap
+            squeeze = max(0.0, (room - 2_000 - lead - _HOUR_MS) / max(1, sum(gaps)))
+            gaps = [int(g * squeeze) for g in gaps]
+            need = 2_000 + lead + sum(gaps) + _HOUR_MS
+        t = int(rnd() * (room - need)) if need < room else 0
+
+        self.emit("identify", t, {"event_id": None, "type": "identify", "ts": None, "customer_id": customer_id,
+                                  "email": email, "channel": "web", "device": device,
+                                  "properties": {"traits": dict(traits, interests=list(traits["interests"]))}})
+        if rnd() < _ALIAS_SHARE:
+            self.emit("identify", t + 1_000, {"event_id": None, "type": "alias", "ts": None,
+                                              "customer_id": customer_id, "channel": "web",
+                                              "properties": {"previous_id": anonymous_id}})
+        start = t + 2_000 + lead
+        purchases: list[str] = []
+        came_from = None  # (channel, hook) of the stage just left, for the landing page of the next
+        for k, (stage, ch) in enumerate(plan):
+            last_of_stage = k + 1 == len(plan) or plan[k + 1][0] != stage
+            hop = journey[stage + 1] if last_of_stage and stage + 1 < len(journey) else None
+            session_device = device if rnd() < 0.8 else self.pick(devices)
+            source = CHANNEL_SOURCE[ch]
+            if source == "clickstream":
+                end, bought = self.shop_session(ctx, ch, start, session_device, came_from)
+            elif source == "email":
+                end, bought = self.email_session(ctx, start, session_device)
+            elif source == "app":
+                end, bought = self.app_session(ctx, start, k + 1 == len(plan))
+            elif source == "social":
+                end, bought = self.social_session(ctx, ch, start, session_device, hop)
+            else:
+                end, bought = self.store_session(ctx, start)
+            if bought and ch not in purchases:
+                purchases.append(ch)
+            came_from = (ch, ctx.hook) if last_of_stage else None
+            if k < len(gaps):
+                start = max(start + gaps[k], end + 1_000)
+        return CustomerTruth(customer_id, anonymous_id, email, name, journey, tuple(purchases), traits)
+
+    def traits(self, b: _Behaviour) -> dict:
+        rnd = self.random
+        age = self.between(b.age)
+        country = self.countries[int(rnd() * len(self.countries))]
+        regions = _REGIONS[country]
+        x = rnd()
+        if age < 25:
+            employment = "student" if x < 0.6 else "employed"
+        elif age >= 66:
+            employment = "retired" if x < 0.85 else "self_employed"
+        else:
+            employment = "employed" if x < 0.75 else "self_employed" if x < 0.88 else "unemployed"
+        x = rnd()
+        if age < 27:
+            marital = "single" if x < 0.8 else "partnered"
+        else:
+            marital = ("married" if x < 0.5 else "single" if x < 0.7 else "partnered" if x < 0.85
+                       else "divorced" if x < 0.95 or age < 60 else "widowed")
+        x = rnd()
+        gender = "female" if x < 0.48 else "male" if x < 0.95 else "non_binary" if x < 0.97 else "undisclosed"
+        return {
+            "age": age,
+            "gender": gender,
+            "region": regions[int(rnd() * len(regions))],
+            "country": country,
+            "income_band": self.pick(self.incomes[b.persona.name]),
+            "marital_status": marital,
+            "employment_status": employment,
+            "interests": self.rng.sample(b.interests, 1 + int(rnd() * 3)),
+        }
+
+    # -- sessions: each emits its events from ``start`` on, returns (end, purchased) -----
+
+    def shop_session(self, ctx: _Context, ch: str, start: int, device: str, came_from):
+        """Web shop or marketplace: landing page, views and searches, maybe cart and purchase."""
+        rnd = self.random
+        emit = self.emit
+        b = ctx.behaviour
+        share = self.anonymous_share
+        cid, aid = ctx.customer_id, ctx.anonymous_id
+        factor = _PRICE_FACTOR[ch]
+        product_url = _PRODUCT_URL[ch]
+        landing = {"url": _LANDING_URL[ch]}
+        hook = came_from[1] if came_from is not None and ch == "web" else None
+        if hook is not None and came_from[0] == "email":
+            landing.update(utm_source="newsletter", utm_medium="email", utm_campaign=hook)
+        elif hook is not None:
+            platform = came_from[0]
+            landing.update(referrer=_POST_URL[platform] + hook, utm_source=platform, utm_medium="social",
+                           utm_campaign=f"{platform}-{ctx.interests[0]}")
+        elif ch == "web" and rnd() < 0.3:
+            landing["referrer"] = "https://www.google.com/"
+        t = start
+
+        def view(kind: str, props: dict) -> None:
+            if rnd() < share:  # pre-login browsing: only the cookie id
+                emit("clickstream", t, {"event_id": None, "type": kind, "ts": None, "anonymous_id": aid,
+                                        "channel": ch, "device": device, "properties": props})
+            else:
+                emit("clickstream", t, {"event_id": None, "type": kind, "ts": None, "customer_id": cid,
+                                        "channel": ch, "device": device, "properties": props})
+
+        view("page_view", landing)
+        seen = None
+        for _ in range(self.between(b.browse)):
+            t += 3_000 + int(rnd() * 90_000)
+            if rnd() < b.search_share:
+                cat = b.categories[int(rnd() * len(b.categories))]
+                terms = _CATEGORIES[cat][3]
+                view("search", {"search_query": terms[int(rnd() * len(terms))]})
+            else:
+                seen = self.product(ctx)
+                cat, pid, price = seen
+                view("product_view", {"product_id": pid, "category": cat, "price": round(price * factor, 2),
+                                      "url": product_url + pid})
+        buy = rnd() < b.buy.get(ch, 0.0)
+        if not buy and rnd() >= b.abandon:
+            return t, False
+        cat, pid, price = seen if seen is not None else self.product(ctx)
+        price = round(price * factor, 2)
+        order = self.order(b, cat, pid, price)
+        cart = {"product_id": pid, "category": cat, "price": price, "quantity": order["quantity"]}
+        t += 5_000 + int(rnd() * 60_000)
+        emit("clickstream", t, {"event_id": None, "type": "add_to_cart", "ts": None, "customer_id": cid,
+                                "channel": ch, "device": device, "properties": cart})
+        if not buy:
+            return t, False
+        t += 10_000 + int(rnd() * 60_000)
+        emit("clickstream", t, {"event_id": None, "type": "checkout", "ts": None, "customer_id": cid,
+                                "channel": ch, "device": device, "properties": dict(cart)})
+        t += 20_000 + int(rnd() * 100_000)
+        emit("clickstream", t, {"event_id": None, "type": "purchase", "ts": None, "customer_id": cid,
+                                "channel": ch, "device": device, "properties": order})
+        return t, True
+
+    def email_session(self, ctx: _Context, start: int, device: str):
+        """One campaign: sent, then maybe open and click (rarely a bounce or an unsubscribe)."""
+        rnd = self.random
+        emit = self.emit
+        b = ctx.behaviour
+        cid, email = ctx.customer_id, ctx.email
+        campaign = self.campaigns[int(rnd() * len(self.campaigns))]
+        props = {"campaign_id": campaign, "campaign_type": self.pick(self.campaign_types)}
+        ctx.hook = None
+        t = start
+        emit("email", t, {"event_id": None, "type": "sent", "ts": None, "customer_id": cid, "email": email,
+                          "channel": "email", "properties": props})
+        if rnd() < 0.01:
+            t += 2_000 + int(rnd() * 20_000)
+            emit("email", t, {"event_id": None, "type": "bounce", "ts": None, "customer_id": cid, "email": email,
+                              "channel": "email", "properties": dict(props)})
+            return t, False
+        if rnd() >= b.email_open:
+            return t, False
+        t += 60_000 + int(rnd() * 40 * 60_000)
+        emit("email", t, {"event_id": None, "type": "open", "ts": None, "customer_id": cid, "email": email,
+                          "channel": "email", "device": device, "properties": dict(props)})
+        if rnd() < b.email_click:
+            t += 5_000 + int(rnd() * 120_000)
+            emit("email", t, {"event_id": None, "type": "click", "ts": None, "customer_id": cid, "email": email,
+                              "channel": "email", "device": device,
+                              "properties": {**props, "url": _LANDING_URL["web"]}})
+            ctx.hook = campaign
+        elif rnd() < 0.02:
+            t += 5_000 + int(rnd() * 60_000)
+            emit("email", t, {"event_id": None, "type": "unsubscribe", "ts": None, "customer_id": cid,
+                              "email": email, "channel": "email", "device": device, "properties": dict(props)})
+        return t, False
+
+    def app_session(self, ctx: _Context, start: int, last: bool):
+        """Install (first time), an app or push open, a few screens, maybe a purchase."""
+        rnd = self.random
+        emit = self.emit
+        b = ctx.behaviour
+        cid = ctx.customer_id
+        version, os = ctx.app_version, ctx.os
+        t = start
+        if not ctx.installed:
+            ctx.installed = True
+            emit("app", t, {"event_id": None, "type": "install", "ts": None, "customer_id": cid,
+                            "channel": "app", "device": "mobile", "properties": {"app_version": version, "os": os}})
+            t += 20_000 + int(rnd() * 60_000)
+        emit("app", t, {"event_id": None, "type": "push_open" if rnd() < b.push else "app_open", "ts": None,
+                        "customer_id": cid, "channel": "app", "device": "mobile",
+                        "properties": {"app_version": version, "os": os}})
+        for _ in range(self.between(b.screens)):
+            t += 3_000 + int(rnd() * 60_000)
+            emit("app", t, {"event_id": None, "type": "screen_view", "ts": None, "customer_id": cid,
+                            "channel": "app", "device": "mobile",
+                            "properties": {"screen": _SCREENS[int(rnd() * len(_SCREENS))],
+                                           "app_version": version, "os": os}})
+        bought = rnd() < b.buy.get("app", 0.0)
+        if bought:
+            t += 10_000 + int(rnd() * 90_000)
+            cat, pid, price = self.product(ctx)
+            props = self.order(b, cat, pid, price)
+            props["app_version"], props["os"] = version, os
+            emit("app", t, {"event_id": None, "type": "purchase", "ts": None, "customer_id": cid,
+                            "channel": "app", "device": "mobile", "properties": props})
+        if last and rnd() < 0.03:
+            t += 60_000 + int(rnd() * 600_000)
+            emit("app", t, {"event_id": None, "type": "uninstall", "ts": None, "customer_id": cid,
+                            "channel": "app", "device": "mobile", "properties": {"app_version": version, "os": os}})
+        return t, bought
+
+    def social_session(self, ctx: _Context, ch: str, start: int, device: str, hop: str | None):
+        """A few interactions with posts; before a hop to a shop, often ends with an ad click."""
+        rnd = self.random
+        emit = self.emit
+        b = ctx.behaviour
+        cid = ctx.customer_id
+        mix = self.social_mix[b.persona.name]
+        interests = ctx.interests
+        n = self.between(b.social_actions)
+        click = hop is not None and CHANNEL_SOURCE[hop] != "social" and rnd() < b.ad_click
+        ctx.hook = None
+        t = start
+        for i in range(n):
+            if i:
+                t += 10_000 + int(rnd() * 150_000)
+            kind = "ad_click" if click and i == n - 1 else self.pick(mix)
+            post = f"{int(rnd() * 1e12):012d}"
+            props = {"post_id": post, "topic": interests[int(rnd() * len(interests))]}
+            if kind == "comment" or kind == "message" or kind == "mention":
+                props["text"] = _TEXTS[int(rnd() * len(_TEXTS))]
+            emit("social", t, {"event_id": None, "type": kind, "ts": None, "customer_id": cid,
+                               "channel": ch, "device": device, "properties": props})
+        if click:
+            ctx.hook = post
+        return t, False
+
+    def store_session(self, ctx: _Context, start: int):
+        """A store visit, sometimes an in-store event, often a purchase at the till."""
+        rnd = self.random
+        emit = self.emit
+        b = ctx.behaviour
+        cid = ctx.customer_id
+        region = ctx.region
+        stores = self.stores[region]
+        store_id = stores[0] if rnd() < 0.8 else stores[1]
+        t = start
+        emit("offline", t, {"event_id": None, "type": "store_visit", "ts": None, "customer_id": cid,
+                            "channel": "store", "properties": {"store_id": store_id, "region": region}})
+        if rnd() < b.event_attended:
+            t += 60_000 + int(rnd() * 900_000)
+            emit("offline", t, {"event_id": None, "type": "event_attended", "ts": None, "customer_id": cid,
+                                "channel": "store", "properties": {"store_id": store_id, "region": region}})
+        bought = rnd() < b.buy.get("store", 0.0)
+        if bought:
+            t += 120_000 + int(rnd() * 1_200_000)
+            cat, pid, price = self.product(ctx)
+            props = self.order(b, cat, pid, round(price * _PRICE_FACTOR["store"], 2))
+            props["store_id"], props["region"] = store_id, region
+            emit("offline", t, {"event_id": None, "type": "pos_purchase", "ts": None, "customer_id": cid,
+                                "channel": "store", "properties": props})
+        return t, bought
+
+
+def generate(
+    customers: int,
+    *,
+    seed: int = 7,
+    start: datetime | None = None,
+    days: int = 28,
+    invalid_rate: float = 0.0,
+    anonymous_share: float = 0.1,
+) -> Dataset:
+    """Synthetic events of ``customers`` customers over ``days`` days, with ground truth.
+
+    Each customer gets a persona, one ``identify`` event (and, for about 5 %, an ``alias``
+    from their cookie id), then sessions along a journey of channels typical of the
+    persona. Same arguments, same dataset: nothing depends on the clock or global state.
+
+    Parameters
+    ----------
+    customers
+        Number of customers, with ids ``c-000001`` upwards.
+    seed
+        Seed of the one random generator everything is drawn from.
+    start
+        Aware start of the time window; defaults to 2026-11-01T00:00:00Z. Every event
+        time lies in ``[start, start + days)``.
+    days
+        Length of the window in days (at least 1).
+    invalid_rate
+        Invalid messages to add, as a fraction of the valid events (rounded), cycling
+        through :data:`INVALID_KINDS`. Adding them leaves the valid events unchanged.
+    anonymous_share
+        Share of clickstream browsing events (page_view, product_view, search) that
+        carry only the customer's ``anonymous_id``.
+
+    Returns
+    -------
+    Dataset
+        The customers' truth, the valid events sorted by event time, the invalid messages.
+
+    Examples
+    --------
+    >>> data = generate(200, seed=1, invalid_rate=0.05)
+    >>> len(data.customers), data.customers[0].customer_id
+    (200, 'c-000001')
+    >>> 10 <= len(data.events) / len(data.customers) <= 15
+    True
+    >>> first = data.events[0]
+    >>> first.source in SOURCES and {"event_id", "type", "ts", "channel", "properties"} <= first.event.keys()
+    True
+    >>> sorted({bad.kind for bad in data.invalid}) == sorted(INVALID_KINDS)
+    True
+    >>> generate(200, seed=1, invalid_rate=0.05) == data
+    True
+    """
+    if isinstance(customers, bool) or not isinstance(customers, int) or customers < 0:
+        raise ValueError(f"customers must be a non-negative int, got {customers!r}")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"days must be an int >= 1, got {days!r}")
+    if not 0.0 <= anonymous_share <= 1.0:
+        raise ValueError(f"anonymous_share must be within [0, 1], got {anonymous_share!r}")
+    if not invalid_rate >= 0.0:
+        raise ValueError(f"invalid_rate must be >= 0, got {invalid_rate!r}")
+    start = DEFAULT_START if start is None else start
+    if start.tzinfo is None or start.utcoffset() is None:
+        raise ValueError("start must be an aware datetime, e.g. datetime(2026, 11, 1, tzinfo=timezone.utc)")
+
+    start_ms = _epoch_ms_ceil(start)
+    window_ms = days * _DAY_MS
+    rng = random.Random(seed)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of small dicts: the cyclic collector would rescan them for nothing
+    try:
+        sim = _Simulator(rng, window_ms, anonymous_share)
+        truths = tuple(sim.customer(i) for i in range(customers))
+        events = _finish(rng, sim, start_ms, window_ms)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    count = round(invalid_rate * len(events))
+    invalid = _invalid_events(random.Random(f"omniprofile-invalid-{seed}"), events, truths, count, start_ms,
+                              window_ms)
+    return Dataset(truths, events, invalid)
+
+
+def _finish(rng: random.Random, sim: _Simulator, start_ms: int, window_ms: int) -> tuple[GeneratedEvent, ...]:
+    """Sort by time (ties keep generation order), then fill in event ids and timestamps."""
+    times, sources, dicts = sim.times, sim.sources, sim.events
+    n = len(dicts)
+    if n and max(times) >= window_ms:  # only a very short window squeezes this far
+        times = [t if t < window_ms else window_ms - 1 for t in times]
+    order = sorted(range(n), key=times.__getitem__)
+    ids = rng.randbytes(16 * n).hex()
+    rnd = rng.random
+    seconds, millis = _clock_strings()
+    first_day = start_ms // _DAY_MS
+    day_texts = [(_EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT")
+                 for d in range(first_day, (start_ms + window_ms) // _DAY_MS + 1)]
+    out = []
+    append = out.append
+    pos = 0
+    for k in order:
+        event = dicts[k]
+        event["event_id"] = ids[pos:pos + 32]
+        pos += 32
+        ms = start_ms + times[k]
+        if rnd() < _EPOCH_MS_SHARE:
+            event["ts"] = ms
+        else:
+            day, rest = divmod(ms, _DAY_MS)
+            second, milli = divmod(rest, 1000)
+            event["ts"] = day_texts[day - first_day] + seconds[second] + millis[milli]
+        append(GeneratedEvent(sources[k], event))
+    return tuple(out)
+
+
+_UNKNOWN_TYPES = ("teleport", "page_veiw", "purchased", "levitate")
+_LATIN1_TEXT = "caf\xe9 cr\xe8me"  # encoded as latin-1 below: not UTF-8
+
+
+def _invalid_events(rng, events, truths, count, start_ms, window_ms) -> tuple[InvalidEvent, ...]:
+    """``count`` invalid messages, each a mangled copy of a valid event (fresh event id)."""
+    if not events or count <= 0:
+        return ()
+    purchases = [e for e in events if e.event["type"] in ("purchase", "pos_purchase")]
+    out = []
+    for i in range(count):
+        kind = INVALID_KINDS[i % len(INVALID_KINDS)]
+        if kind == "missing_revenue" and purchases:
+            template = purchases[int(rng.random() * len(purchases))]
+        elif kind == "missing_revenue":  # no purchase in a tiny dataset: make one up
+            template = GeneratedEvent("clickstream", {
+                "event_id": "", "type": "purchase", "ts": _iso_ms(start_ms), "customer_id": truths[0].customer_id,
+                "channel": "web", "device": "desktop",
+                "properties": {"order_id": "o-x", "revenue": 1.0, "currency": "EUR", "quantity": 1}})
+        else:
+            template = events[int(rng.random() * len(events))]
+        event = json.loads(json.dumps(template.event))
+        event["event_id"] = f"{rng.getrandbits(128):032x}"
+        payload = None
+        if kind == "truncated_json":
+            data = json.dumps(event).encode()
+            payload = data[: 1 + int(rng.random() * (len(data) - 1))]
+        elif kind == "not_utf8":
+            event["properties"]["text"] = _LATIN1_TEXT
+            payload = json.dumps(event, ensure_ascii=False).encode("latin-1")
+        elif kind == "empty":
+            payload = b""
+        elif kind == "wrong_type":
+            variant = int(rng.random() * 4)
+            if variant == 0:
+                event["properties"] = ["not", "an", "object"]
+            elif variant == 1:
+                event["ts"] = {"seconds": (start_ms + window_ms // 2) // 1000}
+            elif variant == 2:
+                event["customer_id"] = 1000 + int(rng.random() * 1000)
+            else:
+                payload = b"42"  # a JSON value, but not an event object
+        elif kind == "no_identifier":
+            for key in ("customer_id", "anonymous_id", "email"):
+                event.pop(key, None)
+        elif kind == "unknown_type":
+            event["type"] = _UNKNOWN_TYPES[int(rng.random() * len(_UNKNOWN_TYPES))]
+        elif kind in ("future_ts", "past_ts"):
+            # Far outside any plausible window: the 2100s, or before 2000 (still epoch ms, not seconds).
+            lo, hi = (4_102_444_800_000, 7_258_118_400_000) if kind == "future_ts" else (315_532_800_000,
+                                                                                        946_684_800_000)
+            ms = lo + int(rng.random() * (hi - lo))
+            event["ts"] = ms if rng.random() < _EPOCH_MS_SHARE else _iso_ms(ms)
+        else:  # missing_revenue
+            del event["properties"]["revenue"]
+        if payload is None:
+            payload = json.dumps(event).encode()
+        out.append(InvalidEvent(template.source, payload, kind))
+    return tuple(out)

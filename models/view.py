@@ -1,0 +1,233 @@
+"""The public face of a profile: the ``ProfileUpdate.profile`` document and the flat Redis hash.
+
+:func:`render_profile` turns the internal state (:mod:`models.profile`) into the merged
+profile with per-channel sub-profiles: derived figures (rates, average order value,
+recency/frequency/monetary scores), top-N lists sorted, times as ISO-8601, and none of
+the bookkeeping (dedup ids, session intervals, day lists).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from models.profile import DAY_MS, State
+
+TOP_N = 5
+DEMOGRAPHIC_TRAITS = ("age", "gender", "region", "country", "income_band", "marital_status", "employment_status")
+
+# Recency / frequency / monetary scores, 1 (low) to 5 (high); 0 means "no order yet".
+# Fixed, documented thresholds so that a score means the same on every worker.
+RECENCY_DAYS = (7, 30, 90, 180)  # <= 7 days -> 5, <= 30 -> 4, <= 90 -> 3, <= 180 -> 2, else 1
+FREQUENCY_ORDERS = (2, 3, 5, 10)  # 1 -> 1, 2 -> 2, 3-4 -> 3, 5-9 -> 4, >= 10 -> 5
+MONETARY_EUR = (50, 150, 500, 1500)  # < 50 -> 1, < 150 -> 2, < 500 -> 3, < 1500 -> 4, else 5
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as ISO-8601 UTC text.
+
+    >>> iso(1_795_341_600_000)
+    '2026-11-22T10:00:00.000Z'
+    """
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def top(counter: dict[str, int] | None, n: int = TOP_N) -> list[str]:
+    """The ``n`` largest keys, ties alphabetically.
+
+    >>> top({"b": 2, "a": 2, "c": 5}, 2)
+    ['c', 'a']
+    """
+    if not counter:
+        return []
+    return [k for k, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def top_counts(counter: dict[str, int] | None, n: int = TOP_N) -> dict[str, int]:
+    return {k: counter[k] for k in top(counter, n)} if counter else {}
+
+
+def rate(part: int, whole: int) -> float | None:
+    """``part / whole`` rounded to 4 places, capped at 1; None when ``whole`` is 0."""
+    if not whole:
+        return None
+    return round(min(1.0, part / whole), 4)
+
+
+def _score_up(value: float, thresholds: tuple[float, ...]) -> int:
+    return 1 + sum(value >= t for t in thresholds)
+
+
+def rfm(orders: int, revenue_cents: int, last_order_ts: int | None, as_of_ts: int | None) -> dict[str, Any]:
+    """Recency, frequency and monetary value with 1-5 scores (0 without orders).
+
+    Recency is measured to ``as_of_ts``: the customer's latest activity in the profile.
+
+    >>> rfm(3, 25_000, 0, 10 * 86_400_000)["score"]
+    '433'
+    >>> rfm(0, 0, None, None)["score"]
+    '000'
+    """
+    if not orders or last_order_ts is None:
+        return {"recency_days": None, "frequency": 0, "monetary": 0.0, "r": 0, "f": 0, "m": 0, "score": "000"}
+    days = max(0, (as_of_ts or last_order_ts) - last_order_ts) // DAY_MS
+    r = 5 - sum(days > t for t in RECENCY_DAYS)
+    f = _score_up(orders, FREQUENCY_ORDERS)
+    m = _score_up(revenue_cents / 100, MONETARY_EUR)
+    return {
+        "recency_days": days,
+        "frequency": orders,
+        "monetary": revenue_cents / 100,
+        "r": r,
+        "f": f,
+        "m": m,
+        "score": f"{r}{f}{m}",
+    }
+
+
+def render_activity(act: dict[str, Any]) -> dict[str, Any]:
+    """The public view of one activity block (merged or per channel)."""
+    orders = act["orders"]
+    revenue = act["revenue_cents"]
+    view: dict[str, Any] = {
+        "events": act["events"],
+        "event_types": dict(sorted(act["types"].items())),
+        "first_seen": iso(act["first_ts"]),
+        "last_seen": iso(act["last_ts"]),
+        "active_days": len(act["days"]) + act["days_dropped"],
+        "sessions": len(act["sessions"]) + act["sessions_dropped"],
+        "orders": orders,
+        "revenue": revenue / 100,
+        "average_order_value": round(revenue / orders / 100, 2) if orders else None,
+        "discounted_order_share": rate(act["discounted_orders"], orders),
+        "last_order_at": iso(act["last_order_ts"]),
+        "rfm": rfm(orders, revenue, act["last_order_ts"], act["last_ts"]),
+        "recent_orders": [
+            {"ts": iso(ts), "order_id": oid, "revenue": cents / 100, "channel": ch}
+            for ts, oid, cents, ch in reversed(act["recent_orders"])
+        ],
+        "top_categories": top(act["categories"]),
+        "devices": dict(sorted(act["devices"].items())),
+        "referrers": {name: top_counts(c) for name, c in sorted(act["referrers"].items())},
+        "search_terms": top(act["searches"], 10),
+    }
+    if "email" in act:
+        view["email"] = render_email(act["email"])
+    if "app" in act:
+        view["app"] = render_app(act["app"])
+    if "social" in act:
+        s = act["social"]
+        view["social"] = {
+            "platforms": top_counts(s.get("platforms"), 10),
+            "interactions": dict(sorted((s.get("interactions") or {}).items())),
+            "topics": top(s.get("topics")),
+        }
+    if "offline" in act:
+        o = act["offline"]
+        view["offline"] = {
+            "store_visits": o.get("store_visits", 0),
+            "events_attended": o.get("events_attended", 0),
+            "store_purchases": o.get("store_purchases", 0),
+            "store_revenue": o.get("store_revenue_cents", 0) / 100,
+            "top_stores": top(o.get("stores")),
+        }
+    return view
+
+
+def render_email(mail: dict[str, Any]) -> dict[str, Any]:
+    sent = mail.get("sent", 0)
+    return {
+        "sent": sent,
+        "opens": mail.get("open", 0),
+        "clicks": mail.get("click", 0),
+        "unsubscribes": mail.get("unsubscribe", 0),
+        "bounces": mail.get("bounce", 0),
+        "open_rate": rate(mail.get("open", 0), sent),
+        "click_rate": rate(mail.get("click", 0), sent),
+        "subscribed": "unsubscribed_ts" not in mail,
+        "last_open": iso(mail.get("last_open_ts")),
+        "last_click": iso(mail.get("last_click_ts")),
+        "engaging_campaign_types": top(mail.get("engaged_campaign_types")),
+    }
+
+
+def render_app(app: dict[str, Any]) -> dict[str, Any]:
+    installed_ts = app.get("install_ts")
+    removed_ts = app.get("uninstall_ts")
+    # Installed unless the latest install/uninstall/open by event time is an uninstall.
+    evidence = max(filter(None, (installed_ts, app.get("last_open_ts"))), default=None)
+    installed = evidence is not None and (removed_ts is None or evidence > removed_ts)
+    return {
+        "installed": installed,
+        "installs": app.get("installs", 0),
+        "uninstalls": app.get("uninstalls", 0),
+        "opens": app.get("opens", 0),
+        "push_opens": app.get("push_opens", 0),
+        "screen_views": app.get("screen_views", 0),
+        "last_open": iso(app.get("last_open_ts")),
+        "top_screens": top(app.get("screens")),
+        "os": top(app.get("os"), 1)[0] if app.get("os") else None,
+    }
+
+
+def render_profile(state: State) -> dict[str, Any]:
+    """The merged profile with per-channel sub-profiles, as published and stored."""
+    traits = state["traits"]
+    channels = state["channels"]
+    first_channel = min(channels, key=lambda c: (channels[c]["first_ts"], c)) if channels else None
+    last_channel = max(channels, key=lambda c: (channels[c]["last_ts"], c)) if channels else None
+    return {
+        "customer_id": state["customer_id"],
+        "version": state["version"],
+        "demographics": {k: traits[k] for k in DEMOGRAPHIC_TRAITS if k in traits},
+        "traits": {k: v for k, v in sorted(traits.items()) if k not in DEMOGRAPHIC_TRAITS},
+        "interests": top(state["interests"], 10),
+        "summary": render_activity(state["all"]),
+        "channels": {name: render_activity(block) for name, block in sorted(channels.items())},
+        "journey": {
+            "channels": sorted(channels, key=lambda c: (channels[c]["first_ts"], c)),
+            "first_channel": first_channel,
+            "last_channel": last_channel,
+        },
+        "segment": state.get("segment"),
+        "identifiers": {
+            "anonymous_ids": len(state["identifiers"]["anonymous_ids"]),
+            "email_hashes": list(state["identifiers"]["email_hashes"]),
+        },
+    }
+
+
+def redis_fields(profile: dict[str, Any], profile_json: bytes) -> dict[str, str | bytes]:
+    """The flat hash stored at ``{prefix}profile:{customer_id}`` (documented in the README)."""
+    s = profile["summary"]
+    demo = profile["demographics"]
+    channels = profile["channels"]
+    top_channel = max(channels, key=lambda c: (channels[c]["events"], c)) if channels else ""
+    fields: dict[str, str | bytes] = {
+        "customer_id": profile["customer_id"],
+        "version": str(profile["version"]),
+        "first_seen": s["first_seen"] or "",
+        "last_seen": s["last_seen"] or "",
+        "events": str(s["events"]),
+        "sessions": str(s["sessions"]),
+        "active_days": str(s["active_days"]),
+        "orders": str(s["orders"]),
+        "revenue": f"{s['revenue']:.2f}",
+        "average_order_value": "" if s["average_order_value"] is None else f"{s['average_order_value']:.2f}",
+        "rfm": s["rfm"]["score"],
+        "channels": ",".join(sorted(channels)),
+        "top_channel": top_channel,
+        "first_channel": profile["journey"]["first_channel"] or "",
+        "last_channel": profile["journey"]["last_channel"] or "",
+        "top_category": (s["top_categories"] or [""])[0],
+        "interests": ",".join(profile["interests"]),
+        "email_open_rate": "" if "email" not in s or s["email"]["open_rate"] is None else str(s["email"]["open_rate"]),
+        "app_installed": "" if "app" not in s else str(int(s["app"]["installed"])),
+        "segment": str(profile["segment"] or ""),
+        "json": profile_json,
+    }
+    for name in ("age", "gender", "country", "region"):
+        fields[name] = "" if demo.get(name) is None else str(demo[name])
+    return fields

@@ -1,0 +1,109 @@
+"""The Faust application: configuration, topics, tables and the wiring of the agents.
+
+``create_app(settings)`` builds everything explicitly from a :class:`~streams.settings.Settings`
+and does no I/O; starting it is the worker's job (:mod:`streams.cli`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import faust
+
+from streams.settings import Settings
+from streams.sinks import RedisLayout, RedisProfileSink
+from streams.topics import TopicNames
+
+PROFILES_TABLE = "profiles"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Everything the agents touch, created once per app."""
+
+    settings: Settings
+    names: TopicNames
+    input_topic: faust.TopicT
+    by_customer_topic: faust.TopicT
+    updates_topic: faust.TopicT
+    deadletter_topic: faust.TopicT
+    profiles: faust.Table
+    sink: RedisProfileSink
+
+
+def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust credentials for the configured security protocol (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if protocol.startswith("SASL"):
+        assert settings.kafka_sasl_username and settings.kafka_sasl_password  # checked by load_settings
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the omniprofile Faust app (topics, table, agents, timers); no I/O here."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_list],
+        broker_credentials=kafka_credentials(settings),
+        store=settings.table_store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        # No table pages or stats over HTTP: the health and metrics endpoint comes with issue 7.
+        web_enabled=False,
+        web_tables_enabled=False,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        # Large messages must reach the validator (and the dead-letter topic), not stall the fetch.
+        consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * settings.max_event_bytes),
+        producer_max_request_size=max(1024 * 1024, 2 * settings.max_event_bytes),
+        consumer_auto_offset_reset="earliest",
+        # A group join waits up to about half the session timeout for other members on Tansu.
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+    )
+    names = TopicNames(settings.topic_prefix)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    wiring = Wiring(
+        settings=settings,
+        names=names,
+        input_topic=app.topic(*names.inputs, **raw),
+        by_customer_topic=app.topic(names.by_customer, partitions=settings.partitions, internal=True, **raw),
+        updates_topic=app.topic(names.updates, **raw),
+        deadletter_topic=app.topic(names.deadletter, **raw),
+        profiles=app.Table(
+            PROFILES_TABLE,
+            default=None,
+            partitions=settings.partitions,
+            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            help="Profile state per customer (models.profile); the source of truth.",
+        ),
+        sink=RedisProfileSink(
+            settings.redis_url,
+            RedisLayout(settings.redis_key_prefix),
+            socket_timeout=settings.redis_socket_timeout,
+            flush_max=settings.redis_flush_max,
+        ),
+    )
+    from streams.agents import register_agents
+
+    register_agents(app, wiring)
+    app.omniprofile = wiring  # type: ignore[attr-defined]  # for tests and the CLI
+    return app
