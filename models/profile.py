@@ -2,8 +2,9 @@
 
 The state of one customer is a JSON-ready dict (it is the Faust table value):
 
-``customer_id``, ``version``
-    The profile key and a counter raised by one on every change.
+``customer_id``, ``version``, ``events``
+    The profile key, a counter raised by one on every change, and the number of
+    distinct events applied (identify and alias included).
 ``all`` and ``channels[channel]``
     An *activity* block each (:func:`new_activity`): the merged behaviour and one
     sub-profile per shopping channel, folded by the same code.
@@ -80,6 +81,7 @@ def new_state(key: str) -> State:
     return {
         "customer_id": key,
         "version": 0,
+        "events": 0,
         "all": new_activity(),
         "channels": {},
         "traits": {},
@@ -445,6 +447,7 @@ def apply_events(
                 step.replayed_last = True
             continue
         changed |= apply_event(current, rec)
+        current["events"] += 1
         step.applied += 1
         seen_set.add(event_id)
         seen.append(event_id)

@@ -22,7 +22,7 @@ from bisect import bisect
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
-from itertools import accumulate
+from itertools import accumulate, combinations
 
 SOURCES = ("clickstream", "email", "app", "social", "offline", "identify")
 
@@ -321,6 +321,7 @@ _CATEGORIES = {
     "furniture": ("fu", 40.0, 1500.0, ("sofa", "oak table", "bookshelf", "office chair")),
 }
 _PRODUCTS_PER_CATEGORY = 120
+_SEARCH_TERMS = {cat: spec[3] for cat, spec in _CATEGORIES.items()}
 
 # Price differences between channels, so that price checks across channels find something.
 _PRICE_FACTOR = {"web": 1.0, "amazon": 0.96, "ebay": 0.9, "etsy": 1.08, "app": 1.0, "store": 1.03}
@@ -405,42 +406,48 @@ class _Context:
         self.interests = interests
         self.region = region
         self.behaviour = behaviour
-        self.focus = focus  # products the customer keeps coming back to (price checks)
+        self.focus = focus  # products the customer keeps coming back to (price checks across channels)
         self.os = os
         self.app_version = app_version
         self.installed = False
-        self.hook = None  # what led out of the last session: the clicked ad's post or email campaign
+        self.hook = None  # what led out of the last session: the clicked ad's post or email's campaign
 
 
 class _Simulator:
     """Walks customers through their journeys, appending each customer's events in time order.
 
-    Event dicts are built with ``event_id`` and ``ts`` placeholders (None) so that the
-    key order is final; :func:`generate` fills them once all events are sorted.
+    Event dicts are built with ``event_id`` and ``ts`` placeholders (None), so that the key
+    order is final; ``emit`` fills them in. A product is a tuple
+    ``(category, product_id, {channel: price})``.
     """
 
-    def __init__(self, rng: random.Random, window_ms: int, anonymous_share: float):
+    def __init__(self, rng: random.Random, start_ms: int, window_ms: int, anonymous_share: float):
         self.rng = rng
-        self.random = rng.random
+        self.random = rnd = rng.random
         self.window_ms = window_ms
         self.anonymous_share = anonymous_share
-        self.times: list[int] = []  # event time, ms after the start of the window
-        self.sources: list[str] = []
-        self.events: list[dict] = []
+        self.times: list[int] = []  # event time in ms after the start, by generation order
+        self.generated: list[GeneratedEvent] = []  # by generation order
+        self.emit = self._emitter(start_ms)
         self.orders = 0
         self.behaviours = _cum((b, b.weight) for b in _BEHAVIOURS)
         self.journeys = {b.persona.name: _cum(b.journeys) for b in _BEHAVIOURS}
         self.devices = {b.persona.name: _cum(b.devices) for b in _BEHAVIOURS}
         self.social_mix = {b.persona.name: _cum(b.social_mix) for b in _BEHAVIOURS}
         self.incomes = {b.persona.name: _cum(zip(_INCOME_BANDS, b.income)) for b in _BEHAVIOURS}
-        self.campaign_types = _cum(_CAMPAIGN_TYPES)
-        self.campaigns = tuple(f"cmp-{n:03d}" for n in range(40))
-        rnd = self.random
-        self.catalog = {  # per category, (product_id, base price) from cheapest to dearest
-            cat: tuple(sorted(((f"{prefix}-{j:04d}", round(lo * (hi / lo) ** rnd(), 2))
-                               for j in range(_PRODUCTS_PER_CATEGORY)), key=lambda p: p[1]))
-            for cat, (prefix, lo, hi, _) in _CATEGORIES.items()
+        self.interest_sets = {  # every set of 1 to 3 interests, grouped by size
+            b.persona.name: tuple(tuple(combinations(b.interests, k)) for k in (1, 2, 3)) for b in _BEHAVIOURS
         }
+        self.campaign_types = _cum(_CAMPAIGN_TYPES)
+        self.campaigns = tuple(f"cmp-{n:03d}" for n in range(1, 41))
+        self.catalog = {}  # category -> products from cheapest to dearest
+        for cat, (prefix, lo, hi, _) in _CATEGORIES.items():
+            bases = sorted(lo * (hi / lo) ** rnd() for _ in range(_PRODUCTS_PER_CATEGORY))
+            self.catalog[cat] = tuple(
+                (cat, f"{prefix}-{j:04d}", {ch: round(base * f, 2) for ch, f in _PRICE_FACTOR.items()})
+                for j, base in enumerate(bases, 1)
+            )
+        self.posts = {p: tuple(f"{int(rnd() * 1e12):012d}" for _ in range(500)) for p in SOCIAL_PLATFORMS}
         self.stores = {  # two stores per region
             region: (f"st-{country.lower()}-{2 * i + 1:02d}", f"st-{country.lower()}-{2 * i + 2:02d}")
             for country, regions in _REGIONS.items()
@@ -458,33 +465,71 @@ class _Simulator:
         lo, hi = bounds
         return lo + int(self.random() * (hi - lo + 1))
 
-    def any_product(self, b: _Behaviour) -> tuple[str, str, float]:
-        """(category, product_id, base price) from the persona's categories and price level."""
+    def any_product(self, b: _Behaviour) -> tuple:
+        """A product of the persona's categories, cheap ones more often for a high ``cheapness``."""
         rnd = self.random
-        cat = b.categories[int(rnd() * len(b.categories))]
-        items = self.catalog[cat]
-        pid, price = items[int(rnd() ** b.cheapness * len(items))]
-        return cat, pid, price
+        items = self.catalog[b.categories[int(rnd() * len(b.categories))]]
+        return items[int(rnd() ** b.cheapness * len(items))]
 
-    def product(self, ctx: _Context) -> tuple[str, str, float]:
+    def product(self, ctx: _Context) -> tuple:
         """Half the time one of the customer's focus products, else any product they might like."""
         if self.random() < 0.5:
             return ctx.focus[int(self.random() * len(ctx.focus))]
         return self.any_product(ctx.behaviour)
 
-    def order(self, b: _Behaviour, cat: str, pid: str, price: float) -> dict:
+    def order(self, b: _Behaviour, product: tuple, price: float) -> dict:
         rnd = self.random
         qty = b.quantity[int(rnd() * len(b.quantity))]
         gross = price * qty
         discount = round(gross * (0.05 + 0.3 * rnd()), 2) if rnd() < b.discount else 0.0
         self.orders += 1
         return {"order_id": f"o-{self.orders:08d}", "revenue": round(gross - discount, 2), "currency": "EUR",
-                "quantity": qty, "category": cat, "product_id": pid, "discount": discount}
+                "quantity": qty, "category": product[0], "product_id": product[1], "discount": discount}
 
-    def emit(self, source: str, t: int, event: dict) -> None:
-        self.times.append(t)
-        self.sources.append(source)
-        self.events.append(event)
+    def _emitter(self, start_ms: int):
+        """``emit(source, t, event)``: fill in the event's id and timestamp and keep it.
+
+        A closure over everything it needs, and it works while the new dict is still hot
+        in the cache: this is the per-event cost that matters.
+        """
+        rnd, randbytes = self.random, self.rng.randbytes
+        last = self.window_ms - 1
+        times_append, generated_append = self.times.append, self.generated.append
+        seconds, millis = _clock_strings()
+        first_day = start_ms // _DAY_MS
+        day_texts = [(_EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT")
+                     for d in range(first_day, (start_ms + last) // _DAY_MS + 1)]
+
+        def event_ids():
+            while True:  # 32 hex digits each, drawn 4096 at a time
+                blob = randbytes(16 * 4096).hex()
+                for pos in range(0, len(blob), 32):
+                    yield blob[pos:pos + 32]
+
+        next_id = event_ids().__next__
+        # GeneratedEvent(source, event) without the frozen __init__ (object.__setattr__ per
+        # field): the same object, made the way copy and pickle make it, in half the time.
+        new_object = object.__new__
+        set_source, set_event = GeneratedEvent.source.__set__, GeneratedEvent.event.__set__
+
+        def emit(source: str, t: int, event: dict) -> None:
+            if t > last:  # only a very short window squeezes this far
+                t = last
+            times_append(t)
+            event["event_id"] = next_id()
+            ms = start_ms + t
+            if rnd() < _EPOCH_MS_SHARE:
+                event["ts"] = ms
+            else:
+                day, rest = divmod(ms, _DAY_MS)
+                second, milli = divmod(rest, 1000)
+                event["ts"] = day_texts[day - first_day] + seconds[second] + millis[milli]
+            generated = new_object(GeneratedEvent)
+            set_source(generated, source)
+            set_event(generated, event)
+            generated_append(generated)
+
+        return emit
 
     # -- one customer ------------------------------------------------------------------
 
@@ -494,9 +539,8 @@ class _Simulator:
         name = b.persona.name
         customer_id = f"c-{index + 1:06d}"
         anonymous_id = f"anon-{self.rng.getrandbits(64):016x}"
-        first = _FIRST_NAMES[int(rnd() * len(_FIRST_NAMES))]
-        last = _LAST_NAMES[int(rnd() * len(_LAST_NAMES))]
-        email = f"{first}.{last}{index + 1}@{_MAIL_DOMAINS[int(rnd() * len(_MAIL_DOMAINS))]}.example"
+        email = (f"{_FIRST_NAMES[int(rnd() * len(_FIRST_NAMES))]}.{_LAST_NAMES[int(rnd() * len(_LAST_NAMES))]}"
+                 f"{index + 1}@{_MAIL_DOMAINS[int(rnd() * len(_MAIL_DOMAINS))]}.example")
         traits = self.traits(b)
         journey = self.pick(self.journeys[name])
         devices = self.devices[name]
@@ -506,15 +550,19 @@ class _Simulator:
                        _APP_VERSIONS[int(rnd() * len(_APP_VERSIONS))])
 
         # Plan: each journey stage gets one or more sessions, hours or days apart.
-        plan = [(stage, ch) for stage, ch in enumerate(journey) for _ in range(self.between(b.sessions[ch]))]
-        gaps = [int(b.gap_scale * (1.5 * _HOUR_MS + rnd() * 10 * _HOUR_MS if rnd() < 0.55
-                                   else _DAY_MS + rnd() * 4 * _DAY_MS))
+        plan = []
+        for stage, ch in enumerate(journey):
+            lo, hi = b.sessions[ch]
+            plan.extend([(stage, ch)] * (lo + int(rnd() * (hi - lo + 1))))
+        scale = b.gap_scale
+        gaps = [int(scale * (5_400_000 + rnd() * 36_000_000 if rnd() < 0.55 else _DAY_MS + rnd() * 4 * _DAY_MS))
                 for _ in range(len(plan) - 1)]
         lead = 1_000 + int(rnd() * 600_000)  # sign-up (identify) shortly before the first session
         room = self.window_ms - 1
-        need = 2_000 + lead + sum(gaps) + _HOUR_MS  # a session lasts well under an hour
-        if need > room:  # a short window: squeeze the gaps; sessions still never overlap
-            squeeze = max(0.0, (room - 2_000 - lead - _HOUR_MS) / max(1, sum(gaps)))
+        total = sum(gaps)
+        need = 2_000 + lead + total + _HOUR_MS  # a session lasts well under an hour
+        if need > room:  # a short window: squeeze the gaps (sessions still never overlap)
+            squeeze = max(0.0, (room - 2_000 - lead - _HOUR_MS) / max(1, total))
             gaps = [int(g * squeeze) for g in gaps]
             need = 2_000 + lead + sum(gaps) + _HOUR_MS
         t = int(rnd() * (room - need)) if need < room else 0
@@ -529,31 +577,33 @@ class _Simulator:
         start = t + 2_000 + lead
         purchases: list[str] = []
         came_from = None  # (channel, hook) of the stage just left, for the landing page of the next
+        last = len(plan) - 1
         for k, (stage, ch) in enumerate(plan):
-            last_of_stage = k + 1 == len(plan) or plan[k + 1][0] != stage
-            hop = journey[stage + 1] if last_of_stage and stage + 1 < len(journey) else None
+            last_of_stage = k == last or plan[k + 1][0] != stage
             session_device = device if rnd() < 0.8 else self.pick(devices)
             source = CHANNEL_SOURCE[ch]
             if source == "clickstream":
                 end, bought = self.shop_session(ctx, ch, start, session_device, came_from)
+            elif source == "app":
+                end, bought = self.app_session(ctx, start, k == last)
             elif source == "email":
                 end, bought = self.email_session(ctx, start, session_device)
-            elif source == "app":
-                end, bought = self.app_session(ctx, start, k + 1 == len(plan))
             elif source == "social":
+                hop = journey[stage + 1] if last_of_stage and k != last else None
                 end, bought = self.social_session(ctx, ch, start, session_device, hop)
             else:
                 end, bought = self.store_session(ctx, start)
             if bought and ch not in purchases:
                 purchases.append(ch)
             came_from = (ch, ctx.hook) if last_of_stage else None
-            if k < len(gaps):
+            if k != last:
                 start = max(start + gaps[k], end + 1_000)
         return CustomerTruth(customer_id, anonymous_id, email, name, journey, tuple(purchases), traits)
 
     def traits(self, b: _Behaviour) -> dict:
         rnd = self.random
-        age = self.between(b.age)
+        lo, hi = b.age
+        age = lo + int(rnd() * (hi - lo + 1))
         country = self.countries[int(rnd() * len(self.countries))]
         regions = _REGIONS[country]
         x = rnd()
@@ -571,6 +621,7 @@ class _Simulator:
                        else "divorced" if x < 0.95 or age < 60 else "widowed")
         x = rnd()
         gender = "female" if x < 0.48 else "male" if x < 0.95 else "non_binary" if x < 0.97 else "undisclosed"
+        sets = self.interest_sets[b.persona.name][int(rnd() * 3)]
         return {
             "age": age,
             "gender": gender,
@@ -579,7 +630,7 @@ class _Simulator:
             "income_band": self.pick(self.incomes[b.persona.name]),
             "marital_status": marital,
             "employment_status": employment,
-            "interests": self.rng.sample(b.interests, 1 + int(rnd() * 3)),
+            "interests": list(sets[int(rnd() * len(sets))]),
         }
 
     # -- sessions: each emits its events from ``start`` on, returns (end, purchased) -----
@@ -591,8 +642,6 @@ class _Simulator:
         b = ctx.behaviour
         share = self.anonymous_share
         cid, aid = ctx.customer_id, ctx.anonymous_id
-        factor = _PRICE_FACTOR[ch]
-        product_url = _PRODUCT_URL[ch]
         landing = {"url": _LANDING_URL[ch]}
         hook = came_from[1] if came_from is not None and ch == "web" else None
         if hook is not None and came_from[0] == "email":
@@ -604,35 +653,45 @@ class _Simulator:
         elif ch == "web" and rnd() < 0.3:
             landing["referrer"] = "https://www.google.com/"
         t = start
-
-        def view(kind: str, props: dict) -> None:
-            if rnd() < share:  # pre-login browsing: only the cookie id
+        if rnd() < share:  # pre-login browsing: only the cookie id
+            emit("clickstream", t, {"event_id": None, "type": "page_view", "ts": None, "anonymous_id": aid,
+                                    "channel": ch, "device": device, "properties": landing})
+        else:
+            emit("clickstream", t, {"event_id": None, "type": "page_view", "ts": None, "customer_id": cid,
+                                    "channel": ch, "device": device, "properties": landing})
+        product_url = _PRODUCT_URL[ch]
+        catalog, focus = self.catalog, ctx.focus
+        categories, search_share, cheapness = b.categories, b.search_share, b.cheapness
+        seen = None
+        lo, hi = b.browse
+        for _ in range(lo + int(rnd() * (hi - lo + 1))):
+            t += 3_000 + int(rnd() * 90_000)
+            x = rnd()
+            if x < search_share:
+                terms = _SEARCH_TERMS[categories[int(rnd() * len(categories))]]
+                kind, props = "search", {"search_query": terms[int(rnd() * len(terms))]}
+            else:
+                if x < 0.5 + 0.5 * search_share:  # as self.product(ctx), inlined: the hottest loop
+                    seen = focus[0] if rnd() < 0.5 else focus[1]
+                else:
+                    items = catalog[categories[int(rnd() * len(categories))]]
+                    seen = items[int(rnd() ** cheapness * len(items))]
+                kind, props = "product_view", {"product_id": seen[1], "category": seen[0], "price": seen[2][ch],
+                                               "url": product_url + seen[1]}
+            if rnd() < share:
                 emit("clickstream", t, {"event_id": None, "type": kind, "ts": None, "anonymous_id": aid,
                                         "channel": ch, "device": device, "properties": props})
             else:
                 emit("clickstream", t, {"event_id": None, "type": kind, "ts": None, "customer_id": cid,
                                         "channel": ch, "device": device, "properties": props})
-
-        view("page_view", landing)
-        seen = None
-        for _ in range(self.between(b.browse)):
-            t += 3_000 + int(rnd() * 90_000)
-            if rnd() < b.search_share:
-                cat = b.categories[int(rnd() * len(b.categories))]
-                terms = _CATEGORIES[cat][3]
-                view("search", {"search_query": terms[int(rnd() * len(terms))]})
-            else:
-                seen = self.product(ctx)
-                cat, pid, price = seen
-                view("product_view", {"product_id": pid, "category": cat, "price": round(price * factor, 2),
-                                      "url": product_url + pid})
         buy = rnd() < b.buy.get(ch, 0.0)
         if not buy and rnd() >= b.abandon:
             return t, False
-        cat, pid, price = seen if seen is not None else self.product(ctx)
-        price = round(price * factor, 2)
-        order = self.order(b, cat, pid, price)
-        cart = {"product_id": pid, "category": cat, "price": price, "quantity": order["quantity"]}
+        if seen is None:
+            seen = self.product(ctx)
+        price = seen[2][ch]
+        order = self.order(b, seen, price)
+        cart = {"product_id": seen[1], "category": seen[0], "price": price, "quantity": order["quantity"]}
         t += 5_000 + int(rnd() * 60_000)
         emit("clickstream", t, {"event_id": None, "type": "add_to_cart", "ts": None, "customer_id": cid,
                                 "channel": ch, "device": device, "properties": cart})
@@ -653,35 +712,40 @@ class _Simulator:
         b = ctx.behaviour
         cid, email = ctx.customer_id, ctx.email
         campaign = self.campaigns[int(rnd() * len(self.campaigns))]
-        props = {"campaign_id": campaign, "campaign_type": self.pick(self.campaign_types)}
+        campaign_type = self.pick(self.campaign_types)
         ctx.hook = None
         t = start
         emit("email", t, {"event_id": None, "type": "sent", "ts": None, "customer_id": cid, "email": email,
-                          "channel": "email", "properties": props})
+                          "channel": "email",
+                          "properties": {"campaign_id": campaign, "campaign_type": campaign_type}})
         if rnd() < 0.01:
             t += 2_000 + int(rnd() * 20_000)
             emit("email", t, {"event_id": None, "type": "bounce", "ts": None, "customer_id": cid, "email": email,
-                              "channel": "email", "properties": dict(props)})
+                              "channel": "email",
+                              "properties": {"campaign_id": campaign, "campaign_type": campaign_type}})
             return t, False
         if rnd() >= b.email_open:
             return t, False
         t += 60_000 + int(rnd() * 40 * 60_000)
         emit("email", t, {"event_id": None, "type": "open", "ts": None, "customer_id": cid, "email": email,
-                          "channel": "email", "device": device, "properties": dict(props)})
+                          "channel": "email", "device": device,
+                          "properties": {"campaign_id": campaign, "campaign_type": campaign_type}})
         if rnd() < b.email_click:
             t += 5_000 + int(rnd() * 120_000)
             emit("email", t, {"event_id": None, "type": "click", "ts": None, "customer_id": cid, "email": email,
                               "channel": "email", "device": device,
-                              "properties": {**props, "url": _LANDING_URL["web"]}})
+                              "properties": {"campaign_id": campaign, "campaign_type": campaign_type,
+                                             "url": _LANDING_URL["web"]}})
             ctx.hook = campaign
         elif rnd() < 0.02:
             t += 5_000 + int(rnd() * 60_000)
             emit("email", t, {"event_id": None, "type": "unsubscribe", "ts": None, "customer_id": cid,
-                              "email": email, "channel": "email", "device": device, "properties": dict(props)})
+                              "email": email, "channel": "email", "device": device,
+                              "properties": {"campaign_id": campaign, "campaign_type": campaign_type}})
         return t, False
 
     def app_session(self, ctx: _Context, start: int, last: bool):
-        """Install (first time), an app or push open, a few screens, maybe a purchase."""
+        """Install (the first time), an app or push open, a few screens, maybe a purchase."""
         rnd = self.random
         emit = self.emit
         b = ctx.behaviour
@@ -696,7 +760,8 @@ class _Simulator:
         emit("app", t, {"event_id": None, "type": "push_open" if rnd() < b.push else "app_open", "ts": None,
                         "customer_id": cid, "channel": "app", "device": "mobile",
                         "properties": {"app_version": version, "os": os}})
-        for _ in range(self.between(b.screens)):
+        lo, hi = b.screens
+        for _ in range(lo + int(rnd() * (hi - lo + 1))):
             t += 3_000 + int(rnd() * 60_000)
             emit("app", t, {"event_id": None, "type": "screen_view", "ts": None, "customer_id": cid,
                             "channel": "app", "device": "mobile",
@@ -705,8 +770,8 @@ class _Simulator:
         bought = rnd() < b.buy.get("app", 0.0)
         if bought:
             t += 10_000 + int(rnd() * 90_000)
-            cat, pid, price = self.product(ctx)
-            props = self.order(b, cat, pid, price)
+            product = self.product(ctx)
+            props = self.order(b, product, product[2]["app"])
             props["app_version"], props["os"] = version, os
             emit("app", t, {"event_id": None, "type": "purchase", "ts": None, "customer_id": cid,
                             "channel": "app", "device": "mobile", "properties": props})
@@ -717,29 +782,30 @@ class _Simulator:
         return t, bought
 
     def social_session(self, ctx: _Context, ch: str, start: int, device: str, hop: str | None):
-        """A few interactions with posts; before a hop to a shop, often ends with an ad click."""
+        """A few interactions with posts; before a hop to a shop or the app, often ends with an ad click."""
         rnd = self.random
         emit = self.emit
         b = ctx.behaviour
         cid = ctx.customer_id
-        mix = self.social_mix[b.persona.name]
+        mix_values, mix_cum = self.social_mix[b.persona.name]
+        mix_total = mix_cum[-1]
+        posts = self.posts[ch]
         interests = ctx.interests
-        n = self.between(b.social_actions)
+        lo, hi = b.social_actions
+        n = lo + int(rnd() * (hi - lo + 1))
         click = hop is not None and CHANNEL_SOURCE[hop] != "social" and rnd() < b.ad_click
-        ctx.hook = None
         t = start
         for i in range(n):
             if i:
                 t += 10_000 + int(rnd() * 150_000)
-            kind = "ad_click" if click and i == n - 1 else self.pick(mix)
-            post = f"{int(rnd() * 1e12):012d}"
+            kind = "ad_click" if click and i == n - 1 else mix_values[bisect(mix_cum, rnd() * mix_total)]
+            post = posts[int(rnd() * len(posts))]
             props = {"post_id": post, "topic": interests[int(rnd() * len(interests))]}
             if kind == "comment" or kind == "message" or kind == "mention":
                 props["text"] = _TEXTS[int(rnd() * len(_TEXTS))]
             emit("social", t, {"event_id": None, "type": kind, "ts": None, "customer_id": cid,
                                "channel": ch, "device": device, "properties": props})
-        if click:
-            ctx.hook = post
+        ctx.hook = post if click else None
         return t, False
 
     def store_session(self, ctx: _Context, start: int):
@@ -749,8 +815,7 @@ class _Simulator:
         b = ctx.behaviour
         cid = ctx.customer_id
         region = ctx.region
-        stores = self.stores[region]
-        store_id = stores[0] if rnd() < 0.8 else stores[1]
+        store_id = self.stores[region][0 if rnd() < 0.8 else 1]
         t = start
         emit("offline", t, {"event_id": None, "type": "store_visit", "ts": None, "customer_id": cid,
                             "channel": "store", "properties": {"store_id": store_id, "region": region}})
@@ -761,8 +826,8 @@ class _Simulator:
         bought = rnd() < b.buy.get("store", 0.0)
         if bought:
             t += 120_000 + int(rnd() * 1_200_000)
-            cat, pid, price = self.product(ctx)
-            props = self.order(b, cat, pid, round(price * _PRICE_FACTOR["store"], 2))
+            product = self.product(ctx)
+            props = self.order(b, product, product[2]["store"])
             props["store_id"], props["region"] = store_id, region
             emit("offline", t, {"event_id": None, "type": "pos_purchase", "ts": None, "customer_id": cid,
                                 "channel": "store", "properties": props})
@@ -840,9 +905,10 @@ def generate(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic collector would rescan them for nothing
     try:
-        sim = _Simulator(rng, window_ms, anonymous_share)
+        sim = _Simulator(rng, start_ms, window_ms, anonymous_share)
         truths = tuple(sim.customer(i) for i in range(customers))
-        events = _finish(rng, sim, start_ms, window_ms)
+        # Sorted by time; ties keep generation order (a customer's events are generated in time order).
+        events = tuple(map(sim.generated.__getitem__, sorted(range(len(sim.times)), key=sim.times.__getitem__)))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -850,37 +916,6 @@ def generate(
     invalid = _invalid_events(random.Random(f"omniprofile-invalid-{seed}"), events, truths, count, start_ms,
                               window_ms)
     return Dataset(truths, events, invalid)
-
-
-def _finish(rng: random.Random, sim: _Simulator, start_ms: int, window_ms: int) -> tuple[GeneratedEvent, ...]:
-    """Sort by time (ties keep generation order), then fill in event ids and timestamps."""
-    times, sources, dicts = sim.times, sim.sources, sim.events
-    n = len(dicts)
-    if n and max(times) >= window_ms:  # only a very short window squeezes this far
-        times = [t if t < window_ms else window_ms - 1 for t in times]
-    order = sorted(range(n), key=times.__getitem__)
-    ids = rng.randbytes(16 * n).hex()
-    rnd = rng.random
-    seconds, millis = _clock_strings()
-    first_day = start_ms // _DAY_MS
-    day_texts = [(_EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT")
-                 for d in range(first_day, (start_ms + window_ms) // _DAY_MS + 1)]
-    out = []
-    append = out.append
-    pos = 0
-    for k in order:
-        event = dicts[k]
-        event["event_id"] = ids[pos:pos + 32]
-        pos += 32
-        ms = start_ms + times[k]
-        if rnd() < _EPOCH_MS_SHARE:
-            event["ts"] = ms
-        else:
-            day, rest = divmod(ms, _DAY_MS)
-            second, milli = divmod(rest, 1000)
-            event["ts"] = day_texts[day - first_day] + seconds[second] + millis[milli]
-        append(GeneratedEvent(sources[k], event))
-    return tuple(out)
 
 
 _UNKNOWN_TYPES = ("teleport", "page_veiw", "purchased", "levitate")

@@ -181,6 +181,7 @@ def render_profile(state: State) -> dict[str, Any]:
     return {
         "customer_id": state["customer_id"],
         "version": state["version"],
+        "events": state["events"],
         "demographics": {k: traits[k] for k in DEMOGRAPHIC_TRAITS if k in traits},
         "traits": {k: v for k, v in sorted(traits.items()) if k not in DEMOGRAPHIC_TRAITS},
         "interests": top(state["interests"], 10),

@@ -109,3 +109,61 @@ def latest_by_key(settings: Settings, topic: str, idle_ms: int = 2000) -> dict[s
     for key, value in read_topic(settings, topic, idle_ms):
         latest[key.decode() if key else ""] = orjson.loads(value) if value else None
     return latest
+
+
+class OutputFollower:
+    """Follows ``profiles.updates`` and ``profiles.deadletter`` from the beginning.
+
+    Keeps the latest ProfileUpdate per customer and every dead letter, so a caller can
+    tell when everything it published has been processed (the demo, the tests).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        names = TopicNames(settings.topic_prefix)
+        self.updates_topic = names.updates
+        self.deadletter_topic = names.deadletter
+        self.latest: dict[str, Any] = {}
+        self.dead_letters: list[dict[str, Any]] = []
+        self.updates_seen = 0
+        self._consumer = KafkaConsumer(
+            **client_options(settings),
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        topics = (self.updates_topic, self.deadletter_topic)
+        parts = []
+        for topic in topics:
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ()):
+                parts.append(TopicPartition(topic, p))
+        self._consumer.assign(parts)
+        self._consumer.seek_to_beginning()
+
+    def poll(self, timeout_ms: int = 200) -> int:
+        """Read what has arrived; return how many records."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=50_000)
+        count = 0
+        for tp, records in batches.items():
+            for record in records:
+                count += 1
+                if tp.topic == self.updates_topic:
+                    self.updates_seen += 1
+                    key = record.key.decode()
+                    if record.value is None:
+                        self.latest[key] = None
+                        continue
+                    update = orjson.loads(record.value)
+                    held = self.latest.get(key)
+                    if held is None or update["version"] >= held["version"]:
+                        self.latest[key] = update
+                else:
+                    self.dead_letters.append(orjson.loads(record.value))
+        return count
+
+    @property
+    def events_applied(self) -> int:
+        return sum(u["profile"]["events"] for u in self.latest.values() if u)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,9 +1,373 @@
-"""Commands with more moving parts: generate and demo (filled in below)."""
+"""The ``generate`` and ``demo`` commands."""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.console import Progress, format_table
+from streams.settings import ConfigError, Settings, load_settings
+from streams.topics import TopicNames
+
+
+def default_start(days: int) -> datetime:
+    """Midnight UTC ``days`` ago, so generated events end around now (never in the future)."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days)
+
+
+def parse_start(text: str | None, days: int) -> datetime:
+    if not text:
+        return default_start(days)
+    try:
+        start = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--start {text!r} is not an ISO-8601 date such as 2026-11-01") from None
+    return start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+
+
+def message_key(event: dict[str, Any]) -> bytes | None:
+    ident = event.get("customer_id") or event.get("anonymous_id") or event.get("email")
+    return str(ident).encode() if ident else None
+
+
+def batched_messages(events: Iterable[Any], batch: int) -> Iterator[tuple[str, bytes | None, bytes, int]]:
+    """(source, key, value, event count) per message: single events, or arrays of up to ``batch``
+    consecutive events of one source."""
+    if batch <= 1:
+        for ge in events:
+            yield ge.source, message_key(ge.event), orjson.dumps(ge.event), 1
+        return
+    pending: dict[str, list[dict]] = collections.defaultdict(list)
+    for ge in events:
+        bucket = pending[ge.source]
+        bucket.append(ge.event)
+        if len(bucket) >= batch:
+            yield ge.source, None, orjson.dumps(bucket), len(bucket)
+            pending[ge.source] = []
+    for source, bucket in pending.items():
+        if bucket:
+            yield source, None, orjson.dumps(bucket), len(bucket)
+
+
+def publish_dataset(settings: Settings, dataset: Any, batch: int = 1, label: str = "publishing") -> int:
+    """Publish valid events (single or in arrays) and invalid messages; return messages sent."""
+    from streams.admin import producer
+
+    names = TopicNames(settings.topic_prefix)
+    total = len(dataset.events) + len(dataset.invalid)
+    progress = Progress(label, total)
+    prod = producer(settings, max_request_size=8 * 1024 * 1024)
+    done = sent = 0
+    for source, key, value, count in batched_messages(dataset.events, batch):
+        prod.send(names.source(source), key=key, value=value)
+        done += count
+        sent += 1
+        if sent % 2000 == 0:
+            progress.update(done)
+    for bad in dataset.invalid:
+        prod.send(names.source(bad.source), value=bad.payload)
+        done += 1
+        sent += 1
+    prod.flush()
+    prod.close()
+    progress.finish(done)
+    return sent
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Seeded synthetic events with ground truth, to JSONL files or to the topics."""
+    from models.synthetic import generate
+
+    if not args.out and not args.publish:
+        raise ConfigError("say where the events go: --out FILE (JSONL) and/or --publish (to the topics)")
+    started = time.monotonic()
+    dataset = generate(
+        args.customers,
+        seed=args.seed,
+        start=parse_start(args.start, args.days),
+        days=args.days,
+        invalid_rate=args.invalid_rate,
+    )
+    print(
+        f"generated {len(dataset.events):,} events and {len(dataset.invalid):,} invalid messages "
+        f"for {len(dataset.customers):,} customers in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    if args.out:
+        write_jsonl(Path(args.out), dataset)
+        truth = Path(args.truth) if args.truth else Path(args.out).with_suffix(".truth.jsonl")
+        with truth.open("wb") as fh:
+            for customer in dataset.customers:
+                fh.write(orjson.dumps(asdict(customer)) + b"\n")
+        print(f"events: {args.out}\ntruth:  {truth}", file=sys.stderr)
+    if args.publish:
+        from streams.admin import ensure_topics
+
+        settings = load_settings()
+        ensure_topics(settings, TopicNames(settings.topic_prefix).public)
+        sent = publish_dataset(settings, dataset, args.batch)
+        print(f"published {sent:,} messages to {settings.kafka_bootstrap_servers}", file=sys.stderr)
+    return 0
+
+
+def write_jsonl(path: Path, dataset: Any) -> None:
+    """One message per line: ``{"source", "event"}`` for valid events,
+    ``{"source", "invalid_kind", "payload_base64"}`` for the invalid ones."""
+    import base64
+
+    with path.open("wb") as fh:
+        for ge in dataset.events:
+            fh.write(orjson.dumps({"source": ge.source, "event": ge.event}) + b"\n")
+        for bad in dataset.invalid:
+            line = {"source": bad.source, "invalid_kind": bad.kind, "payload_base64": base64.b64encode(bad.payload).decode()}
+            fh.write(orjson.dumps(line) + b"\n")
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """An ``omniprofile worker`` child process with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--quiet"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {self.proc.returncode}:\n{self.tail()}")
+            if b"Worker ready" in self.log_path.read_bytes():
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise TimeoutError(f"the worker was not ready within {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIPROFILE_")}
+    env.update(settings_env)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on a bare machine: broker, Redis, worker, events, summary, then stop."""
+    from models.synthetic import PERSONAS, generate
+    from streams.local import RedisServer, Tansu, redis_binary, tansu_binary
+
+    try:
+        tansu_binary()
+        redis_binary()
+    except Exception as exc:  # MissingTool: the message says how to install it
+        raise ConfigError(str(exc)) from None
+
+    workdir = Path(tempfile.mkdtemp(prefix="omniprofile-demo-"))
+    broker = redis = worker = None
+    # SIGTERM ends the demo like Ctrl-C does, through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        say("starting the embedded Kafka-protocol broker (Tansu) ...")
+        broker = Tansu().start()
+        say(f"  broker on {broker.bootstrap}")
+        redis = RedisServer().start()
+        say(f"  redis-server on {redis.url}")
+        env = {
+            "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "OMNIPROFILE_REDIS_URL": redis.url,
+            "OMNIPROFILE_DATA_DIR": str(workdir / "worker"),
+            "OMNIPROFILE_PARTITIONS": str(args.partitions),
+            "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
+            "OMNIPROFILE_HASH_KEY": os.urandom(16).hex(),
+            "OMNIPROFILE_LOG_LEVEL": "info",  # "Worker ready" is an info line
+        }
+        settings = load_settings(
+            kafka_bootstrap_servers=broker.bootstrap, redis_url=redis.url, partitions=args.partitions
+        )
+        from streams.admin import OutputFollower, ensure_topics
+
+        names = TopicNames(settings.topic_prefix)
+        ensure_topics(settings, names.public + (names.by_customer,))
+
+        say("starting a worker ...")
+        worker = Worker(worker_env(env), workdir / "worker.log")
+        say(f"  worker ready in {worker.wait_ready():.1f} s (log: {worker.log_path})")
+
+        dataset = generate(
+            args.customers, seed=args.seed, start=default_start(args.days), days=args.days, invalid_rate=0.005
+        )
+        say(
+            f"generated {len(dataset.events):,} events of {len(dataset.customers):,} customers "
+            f"({len(PERSONAS)} personas) and {len(dataset.invalid):,} invalid messages"
+        )
+        publish_started = time.monotonic()
+        publish_dataset(settings, dataset, args.batch)
+
+        follower = OutputFollower(settings)
+        expected = len(dataset.events)
+        progress = Progress("processing", expected + len(dataset.invalid))
+        deadline = time.monotonic() + args.timeout
+        while True:
+            follower.poll(500)
+            done = follower.events_applied + len(follower.dead_letters)
+            progress.update(done, f"{len(follower.latest):,} profiles")
+            if follower.events_applied >= expected and len(follower.dead_letters) >= len(dataset.invalid):
+                break
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"the worker stopped:\n{worker.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not everything was processed within {args.timeout} s ({done:,} so far)")
+        elapsed = progress.finish(done, f"{len(follower.latest):,} profiles")
+        time.sleep(2 * settings.redis_flush_interval_ms / 1000 + 0.5)  # let the last Redis flush land
+        print_summary(dataset, follower, redis.url, settings, time.monotonic() - publish_started, elapsed)
+        follower.close()
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted: stopping everything")
+        return 130
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        say(f"omniprofile demo failed: {exc}")
+        return 1
+    finally:
+        if worker is not None:
+            worker.stop()
+        for service in (redis, broker):
+            if service is not None:
+                service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Settings, total_s: float, proc_s: float) -> None:
+    import redis as redis_lib
+
+    from streams.sinks import RedisLayout
+
+    client = redis_lib.Redis.from_url(redis_url)
+    layout = RedisLayout(settings.redis_key_prefix)
+    profiles = {k: u["profile"] for k, u in follower.latest.items() if u}
+    truth = {c.customer_id: c for c in dataset.customers}
+
+    print()
+    print(format_table(
+        ["", "value"],
+        [
+            ["events published", len(dataset.events)],
+            ["invalid messages published", len(dataset.invalid)],
+            ["profiles", len(profiles)],
+            ["profiles in Redis", sum(1 for _ in client.scan_iter(match=layout.profile("*"), count=1000))],
+            ["dead letters", len(follower.dead_letters)],
+            ["profile updates published", follower.updates_seen],
+            ["publish + process time (s)", round(total_s, 1)],
+            ["events/s end to end", round(len(dataset.events) / max(total_s, 1e-9))],
+        ],
+        title="== run ==",
+    ))
+
+    per_channel: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0, 0, 0.0])
+    for p in profiles.values():
+        for name, ch in p["channels"].items():
+            row = per_channel[name]
+            row[0] += 1
+            row[1] += ch["events"]
+            row[2] += ch["orders"]
+            row[3] += ch["revenue"]
+    rows = [[name, int(r[0]), int(r[1]), int(r[2]), round(r[3], 2)] for name, r in sorted(per_channel.items(), key=lambda kv: -kv[1][1])]
+    print()
+    print(format_table(["channel", "customers", "events", "orders", "revenue"], rows, title="== per channel =="))
+
+    print()
+    sample_rows = []
+    seen_personas: set[str] = set()
+    for cid, p in sorted(profiles.items()):
+        t = truth.get(cid)
+        if t is None or t.persona in seen_personas:
+            continue
+        seen_personas.add(t.persona)
+        fields = client.hgetall(layout.profile(cid))
+        s = p["summary"]
+        sample_rows.append([
+            cid, t.persona, " > ".join(p["journey"]["channels"]), s["orders"], s["revenue"], s["rfm"]["score"],
+            (s["top_categories"] or ["-"])[0],
+            "-" if "email" not in s or s["email"]["open_rate"] is None else s["email"]["open_rate"],
+            fields.get(b"version", b"?").decode(),
+        ])
+    print(format_table(
+        ["customer", "persona (truth)", "channels by first touch", "orders", "revenue", "RFM", "top category",
+         "email open rate", "redis version"],
+        sample_rows, title="== one sample profile per persona ==",
+    ))
+
+    reasons = collections.Counter(d["error"].split(":")[0].split(" (")[0] for d in follower.dead_letters)
+    print()
+    print(format_table(["dead-letter reason (field or kind)", "messages"], sorted(reasons.items(), key=lambda kv: -kv[1]),
+                       title="== dead letters =="))
+    if sample_rows:
+        cid = sample_rows[0][0]
+        print(f"\n== profile {cid} as served from Redis (omniprofile profile {cid}), abridged ==")
+        raw = orjson.loads(client.hget(layout.profile(cid), "json"))
+        raw["channels"] = {k: {"events": v["events"], "orders": v["orders"], "last_seen": v["last_seen"]}
+                           for k, v in raw["channels"].items()}
+        print(orjson.dumps(raw, option=orjson.OPT_INDENT_2).decode()[:4000])
+    client.close()
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("generate", help="seeded synthetic events with ground truth, to a file or the topics")
+    p.add_argument("--customers", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=28, help="length of the period the events cover")
+    p.add_argument("--start", help="first day (ISO-8601); default: --days days ago, so events end around now")
+    p.add_argument("--invalid-rate", type=float, default=0.0, help="invalid messages per valid event (e.g. 0.01)")
+    p.add_argument("--out", help="write the events as JSONL here (and the truth next to it)")
+    p.add_argument("--truth", help="where the ground truth goes (default: OUT with .truth.jsonl)")
+    p.add_argument("--publish", action="store_true", help="publish to the input topics (OMNIPROFILE_* settings)")
+    p.add_argument("--batch", type=int, default=1, help="events per message when publishing (JSON arrays)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="run everything on this machine: broker, Redis, worker, events, summary")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=28)
+    p.add_argument("--batch", type=int, default=1, help="events per message (JSON arrays when > 1)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for processing")
+    p.set_defaults(func=cmd_demo)
