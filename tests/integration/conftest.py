@@ -1,0 +1,95 @@
+"""Session fixtures: one real Tansu broker and one real redis-server for the whole run;
+a real ``omniprofile worker`` process per test module, each under its own topic prefix,
+consumer group and Redis key prefix so modules cannot see each other's data."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streams.admin import ensure_topics
+from streams.commands import Worker, worker_env
+from streams.local import RedisServer, Tansu
+from streams.settings import Settings, load_settings
+from streams.topics import TopicNames
+
+_stack_ids = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Tansu]:
+    tansu = Tansu().start()
+    yield tansu
+    tansu.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """A worker and the settings that reach it."""
+
+    settings: Settings
+    env: dict[str, str]
+    datadir: Path
+    worker: Worker
+    names: TopicNames
+
+    def start_worker(self, log_name: str) -> Worker:
+        self.worker = Worker(worker_env(self.env), self.datadir / log_name)
+        self.worker.wait_ready()
+        return self.worker
+
+
+def make_stack(broker: Tansu, redis_server: RedisServer, tmp: Path, **extra: str) -> Stack:
+    n = next(_stack_ids)
+    env = {
+        "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "OMNIPROFILE_REDIS_URL": redis_server.url,
+        "OMNIPROFILE_TOPIC_PREFIX": f"t{n}.",
+        "OMNIPROFILE_APP_ID": f"omniprofile-t{n}",
+        "OMNIPROFILE_REDIS_KEY_PREFIX": f"t{n}:",
+        "OMNIPROFILE_PARTITIONS": "4",
+        "OMNIPROFILE_DATA_DIR": str(tmp / "data"),
+        "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
+        "OMNIPROFILE_HASH_KEY": "integration-test-key",
+        "OMNIPROFILE_LOG_LEVEL": "info",
+        **extra,
+    }
+    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+    names = TopicNames(settings.topic_prefix)
+    ensure_topics(settings, names.public + (names.by_customer,))
+    stack = Stack(settings, env, tmp, worker=None, names=names)  # type: ignore[arg-type]
+    stack.start_worker("worker-1.log")
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Tansu, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(broker, redis_server, tmp_path_factory.mktemp("stack"))
+    yield s
+    s.worker.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ambient_settings() -> Iterator[None]:
+    """Tests configure everything explicitly; a developer's OMNIPROFILE_* must not leak in."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OMNIPROFILE_")}
+    yield
+    os.environ.update(saved)
