@@ -58,6 +58,9 @@ REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "alias": ("previous_id",),
 }
 
+# Profile keys of events without a customer_id live in these namespaces (profile_key).
+RESERVED_KEY_PREFIXES = ("anon:", "email:")
+
 ENVELOPE_FIELDS = frozenset(
     {"event_id", "type", "ts", "customer_id", "anonymous_id", "email", "channel", "device", "properties"}
 )
@@ -96,7 +99,10 @@ class Limits:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms after the epoch"
 
 
 class Traits(BaseModel):
@@ -127,12 +133,13 @@ class Properties(BaseModel):
     search_query: str | None = None
     product_id: str | None = None
     category: str | None = None
-    price: float | None = Field(default=None, ge=0)
-    quantity: int | None = Field(default=None, ge=0)
+    # Upper bounds keep sums exact and JSON-safe; no single order is worth a billion.
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    quantity: int | None = Field(default=None, ge=0, le=1_000_000)
     order_id: str | None = None
-    revenue: float | None = Field(default=None, ge=0)
+    revenue: float | None = Field(default=None, ge=0, le=1e9)
     currency: str | None = Field(default=None, min_length=3, max_length=3)
-    discount: float | None = Field(default=None, ge=0)
+    discount: float | None = Field(default=None, ge=0, le=1e9)
     campaign_id: str | None = None
     campaign_type: Literal["newsletter", "promotion", "transactional"] | None = None
     screen: str | None = None
@@ -160,7 +167,7 @@ class Envelope(BaseModel):
     customer_id: str | None = Field(default=None, max_length=200)
     anonymous_id: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
-    channel: str = Field(min_length=1, max_length=64)
+    channel: str = Field(min_length=1, max_length=64, pattern=r"\S")
     device: Literal["mobile", "desktop", "tablet", "other"] | None = None
     properties: Properties = Field(default_factory=Properties)
 
@@ -170,16 +177,23 @@ class Envelope(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         data = dict(data)
-        # Unknown top-level fields are kept in properties (contract), never lost.
+        # Unknown top-level fields are kept in properties (contract), never lost. One that
+        # would shadow a typed property or an existing key goes under properties.extra, so
+        # the profile never reads it by accident.
         extra = [k for k in data if k not in ENVELOPE_FIELDS]
-        if extra:
-            props = data.get("properties")
-            props = dict(props) if isinstance(props, dict) else {}
+        props = data.get("properties")
+        if extra and (props is None or isinstance(props, dict)):
+            props = dict(props or {})
             for key in extra:
-                props.setdefault(key, data.pop(key))
+                if key in props or key in Properties.model_fields:
+                    props.setdefault("extra", {})
+                    if isinstance(props["extra"], dict):
+                        props["extra"][key] = data.pop(key)
+                        continue
+                props[key] = data.pop(key)
             data["properties"] = props
-        # Blank identifiers carry no identity.
-        for key in ("customer_id", "anonymous_id", "email"):
+        # Blank identifiers carry no identity; a blank channel is no channel.
+        for key in ("customer_id", "anonymous_id", "email", "channel"):
             value = data.get(key)
             if isinstance(value, str) and not value.strip():
                 data[key] = None
@@ -211,8 +225,8 @@ class Envelope(BaseModel):
         elif isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
+            except (ValueError, OverflowError):
+                raise ValueError(f"{value[:60]!r} is not an ISO-8601 timestamp") from None
             if parsed.tzinfo is None:
                 raise ValueError(f"{value!r} has no time zone; add 'Z' or an offset such as +01:00")
             ms = int(parsed.timestamp() * 1000)
@@ -231,6 +245,16 @@ class Envelope(BaseModel):
                 raise ValueError(f"{_iso(ms)} is before {_iso(limits.min_ts_ms)} (seconds sent as milliseconds?)")
         return ms
 
+    @field_validator("customer_id")
+    @classmethod
+    def _not_a_reserved_namespace(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(RESERVED_KEY_PREFIXES):
+            raise ValueError(
+                f"must not start with {' or '.join(RESERVED_KEY_PREFIXES)} (reserved for profiles of "
+                "anonymous ids and emails)"
+            )
+        return value
+
     @field_validator("email")
     @classmethod
     def _plausible_email(cls, value: str | None) -> str | None:
@@ -247,7 +271,8 @@ class Envelope(BaseModel):
             raise ValueError("no identifier: at least one of customer_id, anonymous_id, email is required")
         for name in REQUIRED_PROPERTIES.get(self.type, ()):
             if getattr(self.properties, name) is None:
-                raise ValueError(f"a {self.type} event needs properties.{name}")
+                article = "an" if self.type[0] in "aeiou" else "a"
+                raise ValueError(f"{article} {self.type} event needs properties.{name}")
         return self
 
 
@@ -314,8 +339,27 @@ def hash_identifier(value: str, key: bytes) -> str:
     return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
+PII_TRAITS = ("email", "phone")
+
+
 def to_record(event: Envelope, hash_key: bytes) -> EventRecord:
-    """Flatten a validated event for the profile step; the clear email never leaves here."""
+    """Flatten a validated event for the profile step; no clear email or phone leaves here.
+
+    An ``email`` or ``phone`` trait (where Segment-style producers put them) is replaced
+    by its keyed hash (``email_hash`` / ``phone_hash``); a trait email also serves as the
+    event's email when the envelope has none.
+    """
+    properties = event.properties.model_dump(exclude_none=True)
+    email = event.email
+    traits = properties.get("traits")
+    if traits:
+        for name in PII_TRAITS:
+            value = traits.pop(name, None)
+            if isinstance(value, str) and value.strip():
+                normalised = value.strip().lower() if name == "email" else "".join(ch for ch in value if ch.isdigit() or ch == "+")
+                traits[f"{name}_hash"] = hash_identifier(normalised, hash_key)
+                if name == "email" and email is None and "@" in normalised:
+                    email = normalised
     return {
         "event_id": event.event_id,
         "source": event.source,
@@ -323,10 +367,10 @@ def to_record(event: Envelope, hash_key: bytes) -> EventRecord:
         "ts": event.ts,
         "customer_id": event.customer_id,
         "anonymous_id": event.anonymous_id,
-        "email_hash": hash_identifier(event.email, hash_key) if event.email else None,
+        "email_hash": hash_identifier(email, hash_key) if email else None,
         "channel": event.channel.strip().lower(),
         "device": event.device,
-        "properties": event.properties.model_dump(exclude_none=True),
+        "properties": properties,
     }
 
 

@@ -133,9 +133,11 @@ def dead_letter(topic: str, partition: int, offset: int, rejection: Rejection, t
     truncated = len(payload) > DEADLETTER_VALUE_LIMIT
     shown = payload[:DEADLETTER_VALUE_LIMIT]
     try:
-        value, encoding = shown.decode("utf-8"), "utf-8"
+        payload.decode("utf-8")
     except UnicodeDecodeError:
         value, encoding = base64.b64encode(shown).decode("ascii"), "base64"
+    else:  # UTF-8 text stays text, cut at a character boundary
+        value, encoding = shown.decode("utf-8", errors="ignore"), "utf-8"
     return {
         "source_topic": topic,
         "partition": partition,

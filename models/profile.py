@@ -270,7 +270,7 @@ def fold_activity(act: dict[str, Any], rec: EventRecord) -> set[str]:
 
 def _remember_order(act: dict[str, Any], order: list[Any]) -> None:
     recent = act["recent_orders"]
-    bisect.insort(recent, order, key=lambda o: (o[0], str(o[1])))
+    bisect.insort(recent, order, key=lambda o: (o[0], str(o[1]), o[2], o[3]))
     if len(recent) > MAX_RECENT_ORDERS:
         recent.pop(0)
 
@@ -302,6 +302,8 @@ def _fold_email(mail: dict[str, Any], etype: str, ts: int, props: dict[str, Any]
 def _fold_app(app: dict[str, Any], etype: str, ts: int, props: dict[str, Any]) -> None:
     key = {"app_open": "opens", "push_open": "push_opens", "screen_view": "screen_views"}.get(etype, etype + "s")
     app[key] = app.get(key, 0) + 1
+    if etype != "uninstall":
+        app["last_use_ts"] = _max(app.get("last_use_ts"), ts)
     if etype == "install":
         app["install_ts"] = _max(app.get("install_ts"), ts)
     elif etype == "uninstall":
@@ -387,10 +389,11 @@ def _fold_identifiers(state: State, rec: EventRecord) -> bool:
         ("email_hash", "email_hashes"),
     ):
         value = rec[field_name]
-        if value and value not in ids[list_name]:
-            ids[list_name].append(value)
-            del ids[list_name][:-16]  # bounded; the identity graph (issue 5) keeps the full set
-            changed = True
+        known = ids[list_name]
+        if value and value not in known:
+            bisect.insort(known, value)  # sorted, so arrival order does not matter
+            del known[16:]  # bounded; the identity graph (issue 5) keeps the full set
+            changed = changed or value in known
     return changed
 
 

@@ -9,8 +9,9 @@ It can also mix in invalid messages of every kind the engine must dead-letter.
 
 The generator is pure: the output depends only on the arguments (one
 ``random.Random(seed)``, no wall clock, no uuid4), and it imports only the standard
-library. It is written for volume (``generate(100_000)`` takes seconds): per-event work
-is a few draws from precomputed tables and one dict.
+library (numpy, when installed, only sorts faster). It is written for volume
+(``generate(100_000)``, 1.3 million events, takes seconds): per-event work is a few
+draws from precomputed tables and one dict.
 """
 
 from __future__ import annotations
@@ -24,16 +25,13 @@ from datetime import datetime, timedelta, timezone
 from functools import cache
 from itertools import accumulate, combinations
 
-SOURCES = ("clickstream", "email", "app", "social", "offline", "identify")
+try:  # only to sort a million event times faster; the result is the same without it
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy comes with river, a dependency
+    _np = None
 
-SOURCE_TYPES: dict[str, tuple[str, ...]] = {
-    "clickstream": ("page_view", "product_view", "search", "add_to_cart", "checkout", "purchase"),
-    "email": ("sent", "open", "click", "unsubscribe", "bounce"),
-    "app": ("install", "app_open", "screen_view", "push_open", "purchase", "uninstall"),
-    "social": ("follow", "like", "comment", "share", "message", "mention", "ad_click"),
-    "offline": ("store_visit", "event_attended", "pos_purchase"),
-    "identify": ("identify", "alias"),
-}
+# The contract's input sources; a source's events go to topic ``events.<source>``.
+SOURCES = ("clickstream", "email", "app", "social", "offline", "identify")
 
 MARKETPLACES = ("amazon", "ebay", "etsy")
 SOCIAL_PLATFORMS = ("facebook", "instagram", "pinterest", "tiktok", "x")
@@ -48,6 +46,7 @@ CHANNEL_SOURCE: dict[str, str] = {
     "store": "offline",
 }
 
+# How an invalid message is broken (InvalidEvent.kind); generate() cycles through them in this order.
 INVALID_KINDS = (
     "truncated_json",
     "not_utf8",
@@ -175,7 +174,7 @@ _BEHAVIOURS: tuple[_Behaviour, ...] = (
         buy={"amazon": 0.45, "ebay": 0.08, "etsy": 0.04, "web": 0.03},
         cheapness=2.5,
         discount=0.8,
-        browse=(2, 5),
+        browse=(1, 4),
         search_share=0.35,
         abandon=0.25,
     ),
@@ -186,7 +185,12 @@ _BEHAVIOURS: tuple[_Behaviour, ...] = (
             "Open the mobile app several times a week, react to push notifications and buy in the app.",
         ),
         weight=0.17,
-        journeys=((("app",), 0.5), (("email", "app"), 0.2), (("web", "app"), 0.2), (("instagram", "app"), 0.1)),
+        journeys=(
+            (("app",), 0.5),
+            (("email", "app"), 0.2),
+            (("web", "app"), 0.2),
+            (("instagram", "app"), 0.1),
+        ),
         sessions={"app": (2, 4), "email": (1, 1), "web": (1, 1), "instagram": (1, 1)},
         age=(22, 45),
         devices=(("mobile", 0.9), ("tablet", 0.1)),
@@ -264,8 +268,13 @@ _BEHAVIOURS: tuple[_Behaviour, ...] = (
             "activity.",
         ),
         weight=0.14,
-        journeys=((("store",), 0.5), (("email", "store"), 0.2), (("facebook", "store"), 0.15), (("web", "store"), 0.15)),
-        sessions={"store": (2, 4), "email": (1, 1), "facebook": (1, 1), "web": (1, 1)},
+        journeys=(
+            (("store",), 0.5),
+            (("email", "store"), 0.2),
+            (("facebook", "store"), 0.15),
+            (("web", "store"), 0.15),
+        ),
+        sessions={"store": (3, 5), "email": (1, 1), "facebook": (1, 1), "web": (1, 1)},
         age=(35, 70),
         devices=(("mobile", 0.6), ("other", 0.25), ("desktop", 0.15)),
         categories=("groceries", "home", "fashion", "garden"),
@@ -365,6 +374,8 @@ _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 _EPOCH_MS_SHARE = 0.2  # events whose ts is epoch milliseconds rather than ISO-8601 text
 _ALIAS_SHARE = 0.05
+_YEAR_MS = 365 * _DAY_MS
+_Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
 def _cum(pairs):
@@ -374,11 +385,11 @@ def _cum(pairs):
 
 
 @cache
-def _clock_strings() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """'HH:MM:SS.' for every second of a day and 'mmmZ' for every millisecond."""
-    seconds = tuple(f"{h:02d}:{m:02d}:{s:02d}." for h in range(24) for m in range(60) for s in range(60))
-    millis = tuple(f"{ms:03d}Z" for ms in range(1000))
-    return seconds, millis
+def _clock_texts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """'HH:MM:' for every minute of a day and 'SS.mmmZ' for every millisecond of a minute."""
+    minutes = tuple(f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60))
+    millis = tuple(f"{s:02d}.{ms:03d}Z" for s in range(60) for ms in range(1000))
+    return minutes, millis
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -418,12 +429,14 @@ class _Simulator:
 
     Event dicts are built with ``event_id`` and ``ts`` placeholders (None), so that the key
     order is final; ``emit`` fills them in. A product is a tuple
-    ``(category, product_id, {channel: price})``.
+    ``(category, product_id, {channel: price}, {shop channel: product page url}, {channel: cents})``;
+    money is counted in integer cents, so that amounts need no rounding.
     """
 
     def __init__(self, rng: random.Random, start_ms: int, window_ms: int, anonymous_share: float):
         self.rng = rng
         self.random = rnd = rng.random
+        self.start_ms = start_ms
         self.window_ms = window_ms
         self.anonymous_share = anonymous_share
         self.times: list[int] = []  # event time in ms after the start, by generation order
@@ -444,8 +457,10 @@ class _Simulator:
         for cat, (prefix, lo, hi, _) in _CATEGORIES.items():
             bases = sorted(lo * (hi / lo) ** rnd() for _ in range(_PRODUCTS_PER_CATEGORY))
             self.catalog[cat] = tuple(
-                (cat, f"{prefix}-{j:04d}", {ch: round(base * f, 2) for ch, f in _PRICE_FACTOR.items()})
-                for j, base in enumerate(bases, 1)
+                (cat, pid, {ch: round(base * f * 100) / 100 for ch, f in _PRICE_FACTOR.items()},
+                 {ch: url + pid for ch, url in _PRODUCT_URL.items()},
+                 {ch: round(base * f * 100) for ch, f in _PRICE_FACTOR.items()})
+                for pid, base in ((f"{prefix}-{j:04d}", base) for j, base in enumerate(bases, 1))
             )
         self.posts = {p: tuple(f"{int(rnd() * 1e12):012d}" for _ in range(500)) for p in SOCIAL_PLATFORMS}
         self.stores = {  # two stores per region
@@ -461,10 +476,6 @@ class _Simulator:
         values, cum = table
         return values[bisect(cum, self.random() * cum[-1])]
 
-    def between(self, bounds: tuple[int, int]) -> int:
-        lo, hi = bounds
-        return lo + int(self.random() * (hi - lo + 1))
-
     def any_product(self, b: _Behaviour) -> tuple:
         """A product of the persona's categories, cheap ones more often for a high ``cheapness``."""
         rnd = self.random
@@ -477,28 +488,32 @@ class _Simulator:
             return ctx.focus[int(self.random() * len(ctx.focus))]
         return self.any_product(ctx.behaviour)
 
-    def order(self, b: _Behaviour, product: tuple, price: float) -> dict:
+    def order(self, b: _Behaviour, product: tuple, channel: str, qty: int = 0) -> dict:
+        """Purchase properties; a discount of 5 to 35 % for a ``b.discount`` share of orders."""
         rnd = self.random
-        qty = b.quantity[int(rnd() * len(b.quantity))]
-        gross = price * qty
-        discount = round(gross * (0.05 + 0.3 * rnd()), 2) if rnd() < b.discount else 0.0
+        qty = qty or b.quantity[int(rnd() * len(b.quantity))]
+        gross = product[4][channel] * qty
+        discount = int(gross * (0.05 + 0.3 * rnd())) if rnd() < b.discount else 0
         self.orders += 1
-        return {"order_id": f"o-{self.orders:08d}", "revenue": round(gross - discount, 2), "currency": "EUR",
-                "quantity": qty, "category": product[0], "product_id": product[1], "discount": discount}
+        return {"order_id": f"o-{self.orders:08d}", "revenue": (gross - discount) / 100, "currency": "EUR",
+                "quantity": qty, "category": product[0], "product_id": product[1], "discount": discount / 100}
 
     def _emitter(self, start_ms: int):
         """``emit(source, t, event)``: fill in the event's id and timestamp and keep it.
 
-        A closure over everything it needs, and it works while the new dict is still hot
-        in the cache: this is the per-event cost that matters.
+        A closure, so that everything it needs per event is a local name: with a million
+        events, this is the cost that matters.
         """
         rnd, randbytes = self.random, self.rng.randbytes
         last = self.window_ms - 1
         times_append, generated_append = self.times.append, self.generated.append
-        seconds, millis = _clock_strings()
-        first_day = start_ms // _DAY_MS
-        day_texts = [(_EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT")
-                     for d in range(first_day, (start_ms + last) // _DAY_MS + 1)]
+        # ISO text = minute_texts[minute] + millis[ms within the minute]: tables, not formatting.
+        clock, millis = _clock_texts()
+        first_minute = start_ms // 60_000
+        days = range(first_minute // 1440, (start_ms + last) // _DAY_MS + 1)
+        day_texts = [(_EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT") for d in days]
+        minute_texts = [day_texts[m // 1440 - days.start] + clock[m % 1440]
+                        for m in range(first_minute, (start_ms + last) // 60_000 + 1)]
 
         def event_ids():
             while True:  # 32 hex digits each, drawn 4096 at a time
@@ -521,9 +536,8 @@ class _Simulator:
             if rnd() < _EPOCH_MS_SHARE:
                 event["ts"] = ms
             else:
-                day, rest = divmod(ms, _DAY_MS)
-                second, milli = divmod(rest, 1000)
-                event["ts"] = day_texts[day - first_day] + seconds[second] + millis[milli]
+                minute, milli = divmod(ms, 60_000)
+                event["ts"] = minute_texts[minute - first_minute] + millis[milli]
             generated = new_object(GeneratedEvent)
             set_source(generated, source)
             set_event(generated, event)
@@ -534,6 +548,7 @@ class _Simulator:
     # -- one customer ------------------------------------------------------------------
 
     def customer(self, index: int) -> CustomerTruth:
+        """Invent customer ``index``, emit their identify and journey events, return the truth."""
         rnd = self.random
         b = self.pick(self.behaviours)
         name = b.persona.name
@@ -561,11 +576,17 @@ class _Simulator:
         room = self.window_ms - 1
         total = sum(gaps)
         need = 2_000 + lead + total + _HOUR_MS  # a session lasts well under an hour
-        if need > room:  # a short window: squeeze the gaps (sessions still never overlap)
+        night = 12 * _HOUR_MS * (len(plan) + 1)  # room to move each start out of the night
+        daytime = need + night < room
+        if daytime:
+            need += night
+        elif need > room:  # a short window: squeeze the gaps (sessions still never overlap)
             squeeze = max(0.0, (room - 2_000 - lead - _HOUR_MS) / max(1, total))
             gaps = [int(g * squeeze) for g in gaps]
             need = 2_000 + lead + sum(gaps) + _HOUR_MS
         t = int(rnd() * (room - need)) if need < room else 0
+        if daytime:
+            t = self.morning(t)
 
         self.emit("identify", t, {"event_id": None, "type": "identify", "ts": None, "customer_id": customer_id,
                                   "email": email, "channel": "web", "device": device,
@@ -580,7 +601,10 @@ class _Simulator:
         last = len(plan) - 1
         for k, (stage, ch) in enumerate(plan):
             last_of_stage = k == last or plan[k + 1][0] != stage
+            if daytime:
+                start = self.morning(start)
             session_device = device if rnd() < 0.8 else self.pick(devices)
+            ctx.hook = None
             source = CHANNEL_SOURCE[ch]
             if source == "clickstream":
                 end, bought = self.shop_session(ctx, ch, start, session_device, came_from)
@@ -599,6 +623,13 @@ class _Simulator:
             if k != last:
                 start = max(start + gaps[k], end + 1_000)
         return CustomerTruth(customer_id, anonymous_id, email, name, journey, tuple(purchases), traits)
+
+    def morning(self, t: int) -> int:
+        """``t``, or a morning time (7 a.m. to noon UTC) when ``t`` falls in the night (at most 12 h later)."""
+        hour = (self.start_ms + t) // _HOUR_MS % 24
+        if hour >= 7:
+            return t
+        return t + (7 - hour) * _HOUR_MS + int(self.random() * 5 * _HOUR_MS)
 
     def traits(self, b: _Behaviour) -> dict:
         rnd = self.random
@@ -659,7 +690,6 @@ class _Simulator:
         else:
             emit("clickstream", t, {"event_id": None, "type": "page_view", "ts": None, "customer_id": cid,
                                     "channel": ch, "device": device, "properties": landing})
-        product_url = _PRODUCT_URL[ch]
         catalog, focus = self.catalog, ctx.focus
         categories, search_share, cheapness = b.categories, b.search_share, b.cheapness
         seen = None
@@ -677,7 +707,7 @@ class _Simulator:
                     items = catalog[categories[int(rnd() * len(categories))]]
                     seen = items[int(rnd() ** cheapness * len(items))]
                 kind, props = "product_view", {"product_id": seen[1], "category": seen[0], "price": seen[2][ch],
-                                               "url": product_url + seen[1]}
+                                               "url": seen[3][ch]}
             if rnd() < share:
                 emit("clickstream", t, {"event_id": None, "type": kind, "ts": None, "anonymous_id": aid,
                                         "channel": ch, "device": device, "properties": props})
@@ -689,9 +719,8 @@ class _Simulator:
             return t, False
         if seen is None:
             seen = self.product(ctx)
-        price = seen[2][ch]
-        order = self.order(b, seen, price)
-        cart = {"product_id": seen[1], "category": seen[0], "price": price, "quantity": order["quantity"]}
+        qty = b.quantity[int(rnd() * len(b.quantity))]
+        cart = {"product_id": seen[1], "category": seen[0], "price": seen[2][ch], "quantity": qty}
         t += 5_000 + int(rnd() * 60_000)
         emit("clickstream", t, {"event_id": None, "type": "add_to_cart", "ts": None, "customer_id": cid,
                                 "channel": ch, "device": device, "properties": cart})
@@ -702,7 +731,7 @@ class _Simulator:
                                 "channel": ch, "device": device, "properties": dict(cart)})
         t += 20_000 + int(rnd() * 100_000)
         emit("clickstream", t, {"event_id": None, "type": "purchase", "ts": None, "customer_id": cid,
-                                "channel": ch, "device": device, "properties": order})
+                                "channel": ch, "device": device, "properties": self.order(b, seen, ch, qty)})
         return t, True
 
     def email_session(self, ctx: _Context, start: int, device: str):
@@ -713,7 +742,6 @@ class _Simulator:
         cid, email = ctx.customer_id, ctx.email
         campaign = self.campaigns[int(rnd() * len(self.campaigns))]
         campaign_type = self.pick(self.campaign_types)
-        ctx.hook = None
         t = start
         emit("email", t, {"event_id": None, "type": "sent", "ts": None, "customer_id": cid, "email": email,
                           "channel": "email",
@@ -771,7 +799,7 @@ class _Simulator:
         if bought:
             t += 10_000 + int(rnd() * 90_000)
             product = self.product(ctx)
-            props = self.order(b, product, product[2]["app"])
+            props = self.order(b, product, "app")
             props["app_version"], props["os"] = version, os
             emit("app", t, {"event_id": None, "type": "purchase", "ts": None, "customer_id": cid,
                             "channel": "app", "device": "mobile", "properties": props})
@@ -805,7 +833,8 @@ class _Simulator:
                 props["text"] = _TEXTS[int(rnd() * len(_TEXTS))]
             emit("social", t, {"event_id": None, "type": kind, "ts": None, "customer_id": cid,
                                "channel": ch, "device": device, "properties": props})
-        ctx.hook = post if click else None
+        if click:
+            ctx.hook = post
         return t, False
 
     def store_session(self, ctx: _Context, start: int):
@@ -827,7 +856,7 @@ class _Simulator:
         if bought:
             t += 120_000 + int(rnd() * 1_200_000)
             product = self.product(ctx)
-            props = self.order(b, product, product[2]["store"])
+            props = self.order(b, product, "store")
             props["store_id"], props["region"] = store_id, region
             emit("offline", t, {"event_id": None, "type": "pos_purchase", "ts": None, "customer_id": cid,
                                 "channel": "store", "properties": props})
@@ -907,15 +936,21 @@ def generate(
     try:
         sim = _Simulator(rng, start_ms, window_ms, anonymous_share)
         truths = tuple(sim.customer(i) for i in range(customers))
-        # Sorted by time; ties keep generation order (a customer's events are generated in time order).
-        events = tuple(map(sim.generated.__getitem__, sorted(range(len(sim.times)), key=sim.times.__getitem__)))
+        events = tuple(map(sim.generated.__getitem__, _time_order(sim.times)))
+        # Its own generator: the valid events are the same whatever the invalid rate.
+        invalid = _invalid_events(random.Random(f"omniprofile-invalid-{seed}"), events, truths,
+                                  round(invalid_rate * len(events)), start_ms, window_ms)
     finally:
         if gc_was_enabled:
             gc.enable()
-    count = round(invalid_rate * len(events))
-    invalid = _invalid_events(random.Random(f"omniprofile-invalid-{seed}"), events, truths, count, start_ms,
-                              window_ms)
     return Dataset(truths, events, invalid)
+
+
+def _time_order(times: list[int]) -> list[int]:
+    """Indexes that sort ``times``; ties keep generation order, so each customer's own order."""
+    if _np is not None and len(times) > 1_000:
+        return _np.argsort(_np.fromiter(times, dtype=_np.int64, count=len(times)), kind="stable").tolist()
+    return sorted(range(len(times)), key=times.__getitem__)
 
 
 _UNKNOWN_TYPES = ("teleport", "page_veiw", "purchased", "levitate")
@@ -926,19 +961,20 @@ def _invalid_events(rng, events, truths, count, start_ms, window_ms) -> tuple[In
     """``count`` invalid messages, each a mangled copy of a valid event (fresh event id)."""
     if not events or count <= 0:
         return ()
-    purchases = [e for e in events if e.event["type"] in ("purchase", "pos_purchase")]
     out = []
     for i in range(count):
         kind = INVALID_KINDS[i % len(INVALID_KINDS)]
-        if kind == "missing_revenue" and purchases:
-            template = purchases[int(rng.random() * len(purchases))]
-        elif kind == "missing_revenue":  # no purchase in a tiny dataset: make one up
-            template = GeneratedEvent("clickstream", {
-                "event_id": "", "type": "purchase", "ts": _iso_ms(start_ms), "customer_id": truths[0].customer_id,
-                "channel": "web", "device": "desktop",
-                "properties": {"order_id": "o-x", "revenue": 1.0, "currency": "EUR", "quantity": 1}})
-        else:
-            template = events[int(rng.random() * len(events))]
+        template = events[int(rng.random() * len(events))]
+        if kind == "missing_revenue":  # a purchase: one event in 20 or so, a few draws find one
+            for _ in range(1_000):
+                if template.event["type"] in ("purchase", "pos_purchase"):
+                    break
+                template = events[int(rng.random() * len(events))]
+            else:  # a tiny dataset without purchases: make one up
+                template = GeneratedEvent("clickstream", {
+                    "event_id": "", "type": "purchase", "ts": _iso_ms(start_ms),
+                    "customer_id": truths[0].customer_id, "channel": "web", "device": "desktop",
+                    "properties": {"order_id": "o-0", "revenue": 1.0, "currency": "EUR", "quantity": 1}})
         event = json.loads(json.dumps(template.event))
         event["event_id"] = f"{rng.getrandbits(128):032x}"
         payload = None
@@ -966,10 +1002,12 @@ def _invalid_events(rng, events, truths, count, start_ms, window_ms) -> tuple[In
         elif kind == "unknown_type":
             event["type"] = _UNKNOWN_TYPES[int(rng.random() * len(_UNKNOWN_TYPES))]
         elif kind in ("future_ts", "past_ts"):
-            # Far outside any plausible window: the 2100s, or before 2000 (still epoch ms, not seconds).
-            lo, hi = (4_102_444_800_000, 7_258_118_400_000) if kind == "future_ts" else (315_532_800_000,
-                                                                                        946_684_800_000)
-            ms = lo + int(rng.random() * (hi - lo))
+            # Far outside any plausible clock: 10 to 100 years after the window, or up to 20 years
+            # before 2000 (and before the window); large enough to read as milliseconds, not seconds.
+            if kind == "future_ts":
+                ms = start_ms + window_ms + 10 * _YEAR_MS + int(rng.random() * 90 * _YEAR_MS)
+            else:
+                ms = min(start_ms, _Y2K_MS) - 1 - int(rng.random() * 20 * _YEAR_MS)
             event["ts"] = ms if rng.random() < _EPOCH_MS_SHARE else _iso_ms(ms)
         else:  # missing_revenue
             del event["properties"]["revenue"]

@@ -156,8 +156,8 @@ def render_email(mail: dict[str, Any]) -> dict[str, Any]:
 def render_app(app: dict[str, Any]) -> dict[str, Any]:
     installed_ts = app.get("install_ts")
     removed_ts = app.get("uninstall_ts")
-    # Installed unless the latest install/uninstall/open by event time is an uninstall.
-    evidence = max(filter(None, (installed_ts, app.get("last_open_ts"))), default=None)
+    # Installed unless the latest app event by event time is an uninstall.
+    evidence = max(filter(None, (installed_ts, app.get("last_use_ts"))), default=None)
     installed = evidence is not None and (removed_ts is None or evidence > removed_ts)
     return {
         "installed": installed,

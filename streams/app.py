@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> faust.App:
             PROFILES_TABLE,
             default=None,
             partitions=settings.partitions,
-            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            key_type=bytes,  # raw keys on the changelog; values are JSON (never pickle)
             help="Profile state per customer (models.profile); the source of truth.",
         ),
         sink=RedisProfileSink(

@@ -304,11 +304,14 @@ def expected_activity(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "orders": len(orders),
         "revenue": cents / 100,
         "average_order_value": round(cents / len(orders) / 100, 2) if orders else None,
-        "discounted_order_share": ref_rate(sum(1 for r in orders if r["properties"].get("discount", 0) > 0), len(orders)),
+        "discounted_order_share": ref_rate(
+            sum(1 for r in orders if r["properties"].get("discount", 0) > 0), len(orders)
+        ),
         "last_order_at": ref_iso(last_order),
         "rfm": ref_rfm(len(orders), cents, last_order, last),
         "recent_orders": [
-            {"ts": ref_iso(ts), "order_id": oid, "revenue": c / 100, "channel": ch} for ts, oid, c, ch in reversed(order_rows)
+            {"ts": ref_iso(ts), "order_id": oid, "revenue": c / 100, "channel": ch}
+            for ts, oid, c, ch in reversed(order_rows)
         ],
         "top_categories": ref_top(categories, 5),
         "devices": dict(Counter(r["device"] for r in recs if r["device"])),
@@ -320,7 +323,9 @@ def expected_activity(recs: list[dict[str, Any]]) -> dict[str, Any]:
     if mails:
         n = Counter(r["type"] for r in mails)
         engaged = Counter(
-            r["properties"]["campaign_type"] for r in mails if r["type"] in ("open", "click") and r["properties"].get("campaign_type")
+            r["properties"]["campaign_type"]
+            for r in mails
+            if r["type"] in ("open", "click") and r["properties"].get("campaign_type")
         )
         view["email"] = {
             "sent": n["sent"],
@@ -339,9 +344,9 @@ def expected_activity(recs: list[dict[str, Any]]) -> dict[str, Any]:
     apps = [r for r in recs if r["source"] == "app" and r["type"] != "purchase"]
     if apps:
         n = Counter(r["type"] for r in apps)
-        # Installed unless the latest install/uninstall/open by event time is an uninstall.
-        evidence = [r for r in apps if r["type"] in ("install", "uninstall", "app_open", "push_open")]
-        latest = max(evidence, key=lambda r: r["ts"]) if evidence else None
+        # Installed unless the latest app event by event time is an uninstall (an uninstall
+        # wins a tie: the app cannot be used at the moment it is removed).
+        latest = max(apps, key=lambda r: (r["ts"], r["type"] == "uninstall")) if apps else None
         opens = [r["ts"] for r in apps if r["type"] in ("app_open", "push_open")]
         os_counts = Counter(r["properties"]["os"].lower() for r in apps if r["properties"].get("os"))
         view["app"] = {
@@ -352,7 +357,9 @@ def expected_activity(recs: list[dict[str, Any]]) -> dict[str, Any]:
             "push_opens": n["push_open"],
             "screen_views": n["screen_view"],
             "last_open": ref_iso(max(opens, default=None)),
-            "top_screens": ref_top(Counter(r["properties"]["screen"] for r in apps if r["properties"].get("screen")), 5),
+            "top_screens": ref_top(
+                Counter(r["properties"]["screen"] for r in apps if r["properties"].get("screen")), 5
+            ),
             "os": ref_top(os_counts, 1)[0] if os_counts else None,
         }
 
