@@ -199,8 +199,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="omniprofile-demo-"))
     broker = redis = worker = None
-    # SIGTERM ends the demo like Ctrl-C does, through the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupted = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Ctrl-C and SIGTERM end the demo through the finally below. Library code may turn the
+        # KeyboardInterrupt into another error; the flag says what really happened.
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         say("starting the embedded Kafka-protocol broker (Tansu) ...")
         broker = Tansu().start()
@@ -260,10 +268,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopping everything")
         return 130
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        say(f"omniprofile demo failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - reported, then everything is stopped
+        if interrupted:
+            say("interrupted: stopping everything")
+            return 130
+        say(f"omniprofile demo failed: {type(exc).__name__}: {exc}")
         return 1
     finally:
+        # A second Ctrl-C must not cut the clean-up short (each stop is bounded by a timeout).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if worker is not None:
             worker.stop()
         for service in (redis, broker):
