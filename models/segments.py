@@ -1,0 +1,224 @@
+"""The online segment model: river's KMeans on online-standardised features.
+
+One :class:`SegmentModel` per scope (``all`` and each channel). It learns one feature
+vector at a time (``learn_one``) and assigns a segment (``predict_one`` /
+``predict_many``, vectorised over the centroids with numpy). Its whole learned state is
+a JSON document (:meth:`to_json` / :meth:`from_json`, no pickle), so one learner can
+share it with every worker and a restart resumes it.
+
+Why KMeans: river's KMeans keeps cluster indices stable while centroids move, so a
+segment id means the same thing tomorrow (DBSTREAM and DenStream renumber clusters);
+it learns at tens of thousands of vectors per second on one core, and it scores by
+distance to a handful of centroids, which numpy does for many customers at once.
+``omniprofile bench segments`` measures the choice (docs/segments.md).
+
+Random initial centroids leave some clusters empty and split others, so the model
+first buffers ``warmup`` vectors and seeds the centroids with k-means++ on them
+(deterministic for a seed); from then on river's online update moves each centroid by
+``halflife`` of the way to the vectors it wins.
+
+Examples
+--------
+>>> import random
+>>> rng = random.Random(0)
+>>> model = SegmentModel(n_segments=2, features=("a", "b"), warmup=20, seed=1)
+>>> for _ in range(200):
+...     c = rng.choice([0.0, 10.0])
+...     model.learn_one({"a": c + rng.random(), "b": c + rng.random()})
+>>> model.predict_one({"a": 0.5, "b": 0.5}) != model.predict_one({"a": 10.5, "b": 10.5})
+True
+>>> restored = SegmentModel.from_json(model.to_json())
+>>> restored.predict_one({"a": 10.2, "b": 9.9}) == model.predict_one({"a": 10.2, "b": 9.9})
+True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from river import cluster, preprocessing
+
+SNAPSHOT_FORMAT = 1
+SEEDING_TRIES = 8
+LLOYD_STEPS = 10
+
+
+def _kmeans_plus_plus(z: np.ndarray, k: int, rng: random.Random) -> tuple[np.ndarray, float]:
+    """k-means++ seeds on ``z`` polished by a few Lloyd steps; (centers, inertia)."""
+    chosen = [z[rng.randrange(len(z))]]
+    for _ in range(1, k):
+        # Each next seed with probability proportional to its squared distance to the chosen ones.
+        d2 = np.min(((z[:, None, :] - np.asarray(chosen)[None, :, :]) ** 2).sum(axis=2), axis=1)
+        total = float(d2.sum())
+        if total <= 0:
+            chosen.append(z[rng.randrange(len(z))])
+            continue
+        pick = int(np.searchsorted(np.cumsum(d2), rng.random() * total, side="left"))
+        chosen.append(z[min(pick, len(z) - 1)])
+    centers = np.asarray(chosen, dtype=float)
+    for _ in range(LLOYD_STEPS):
+        labels = np.argmin(((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2), axis=1)
+        for j in range(k):
+            members = z[labels == j]
+            if len(members):
+                centers[j] = members.mean(axis=0)
+    d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    return centers, float(d2.min(axis=1).sum())
+
+
+class SegmentModel:
+    """KMeans segments over standardised features, JSON-snapshottable.
+
+    Parameters
+    ----------
+    n_segments
+        Number of segments (KMeans clusters).
+    features
+        Feature names, in a fixed order (the columns of the centroid matrix).
+    halflife
+        River KMeans step: how far a centroid moves towards a vector it wins.
+    warmup
+        Vectors buffered before the centroids are seeded (k-means++ on the buffer).
+    seed
+        Seed of the centroid seeding; the same seed and stream give the same model.
+    """
+
+    def __init__(
+        self,
+        n_segments: int = 8,
+        features: Sequence[str] = (),
+        halflife: float = 0.05,
+        warmup: int = 500,
+        seed: int = 42,
+    ) -> None:
+        if not features:
+            raise ValueError("a segment model needs at least one feature")
+        self.n_segments = n_segments
+        self.features = tuple(features)
+        self.halflife = halflife
+        self.warmup = warmup
+        self.seed = seed
+        self.scaler = preprocessing.StandardScaler()
+        self.kmeans = cluster.KMeans(n_clusters=n_segments, halflife=halflife, seed=seed)
+        self.buffer: list[list[float]] = []
+        self.n_learned = 0
+        self.version = 0  # raised whenever the centroids are (re)seeded from the buffer
+        self._seeded = False
+        self._matrix: np.ndarray | None = None
+
+    # --- learning ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once the centroids are seeded and the model assigns segments."""
+        return self._seeded
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        row = {f: float(x.get(f, 0.0)) for f in self.features}
+        self.scaler.learn_one(row)
+        self.n_learned += 1
+        if not self._seeded:
+            self.buffer.append([row[f] for f in self.features])
+            if len(self.buffer) >= self.warmup:
+                self._seed_centroids()
+            return
+        z = self.scaler.transform_one(row)
+        self.kmeans.learn_one(z)
+        self._matrix = None
+
+    def _seed_centroids(self) -> None:
+        raw = np.asarray(self.buffer, dtype=float)
+        z = (raw - self._means()) / self._stds()
+        rng = random.Random(self.seed)
+        best, best_inertia = None, float("inf")
+        for _ in range(SEEDING_TRIES):  # like n_init in batch KMeans: keep the tightest seeding
+            centers, inertia = _kmeans_plus_plus(z, self.n_segments, rng)
+            if inertia < best_inertia:
+                best, best_inertia = centers, inertia
+        assert best is not None
+        for k in range(self.n_segments):
+            self.kmeans.centers[k] = dict(zip(self.features, map(float, best[k])))
+        self.buffer = []
+        self._seeded = True
+        self.version += 1
+        self._matrix = None
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def _means(self) -> np.ndarray:
+        return np.array([self.scaler.means.get(f, 0.0) for f in self.features])
+
+    def _stds(self) -> np.ndarray:
+        std = np.sqrt(np.array([self.scaler.vars.get(f, 0.0) for f in self.features]))
+        return np.where(std > 0, std, 1.0)
+
+    def centroids(self) -> np.ndarray:
+        """The centroids in standardised feature space, one row per segment."""
+        if self._matrix is None:
+            self._matrix = np.array(
+                [[self.kmeans.centers[k].get(f, 0.0) for f in self.features] for k in range(self.n_segments)]
+            )
+        return self._matrix
+
+    def predict_many(self, rows: Sequence[Mapping[str, float]]) -> list[int | None]:
+        """The segment of each feature vector (None for all while the model warms up)."""
+        if not self._seeded:
+            return [None] * len(rows)
+        x = np.array([[float(r.get(f, 0.0)) for f in self.features] for r in rows])
+        z = (x - self._means()) / self._stds()
+        d2 = ((z[:, None, :] - self.centroids()[None, :, :]) ** 2).sum(axis=2)
+        return [int(k) for k in np.argmin(d2, axis=1)]
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        return self.predict_many([x])[0]
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole learned state as JSON-ready data."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "n_segments": self.n_segments,
+            "features": list(self.features),
+            "halflife": self.halflife,
+            "warmup": self.warmup,
+            "seed": self.seed,
+            "n_learned": self.n_learned,
+            "version": self.version,
+            "seeded": self._seeded,
+            "buffer": self.buffer,
+            "scaler": {
+                f: [self.scaler.counts.get(f, 0), self.scaler.means.get(f, 0.0), self.scaler.vars.get(f, 0.0)]
+                for f in self.features
+            },
+            "centers": [[self.kmeans.centers[k].get(f, 0.0) for f in self.features] for k in range(self.n_segments)]
+            if self._seeded
+            else [],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SegmentModel:
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown segment model snapshot format {data.get('format')!r}")
+        model = cls(
+            n_segments=data["n_segments"],
+            features=data["features"],
+            halflife=data["halflife"],
+            warmup=data["warmup"],
+            seed=data["seed"],
+        )
+        model.n_learned = data["n_learned"]
+        model.version = data["version"]
+        model.buffer = [list(row) for row in data["buffer"]]
+        for f, (count, mean, var) in data["scaler"].items():
+            model.scaler.counts[f] = count
+            model.scaler.means[f] = mean
+            model.scaler.vars[f] = var
+        if data["seeded"]:
+            model._seeded = True
+            for k, row in enumerate(data["centers"]):
+                model.kmeans.centers[k] = dict(zip(model.features, row))
+        return model

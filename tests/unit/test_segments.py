@@ -1,0 +1,97 @@
+"""The segment model on synthetic blobs whose truth the test knows."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from models.segments import SegmentModel
+
+FEATURES = ("a", "b", "c")
+CENTRES = [(0.0, 0.0, 0.0), (8.0, 0.0, 0.0), (0.0, 8.0, 0.0), (0.0, 0.0, 8.0)]
+
+
+def blobs(n: int, seed: int) -> list[tuple[int, dict[str, float]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.randrange(len(CENTRES))
+        out.append((label, {f: c + rng.gauss(0, 1) for f, c in zip(FEATURES, CENTRES[label])}))
+    return out
+
+
+def agreement(truth: list[int], pred: list[int]) -> float:
+    """Share of pairs on which truth and prediction agree (same / different cluster), computed directly."""
+    t, p = np.array(truth), np.array(pred)
+    same_t = t[:, None] == t[None, :]
+    same_p = p[:, None] == p[None, :]
+    return float((same_t == same_p).mean())
+
+
+def test_finds_well_separated_segments():
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=200, seed=3)
+    for _, x in blobs(3000, 1):
+        model.learn_one(x)
+    test = blobs(500, 2)
+    pred = model.predict_many([x for _, x in test])
+    assert agreement([t for t, _ in test], pred) > 0.98
+
+
+def test_assigns_nothing_while_warming_up():
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=100)
+    for _, x in blobs(99, 1):
+        model.learn_one(x)
+    assert not model.ready and model.predict_one({"a": 1.0}) is None
+    model.learn_one({"a": 1.0})
+    assert model.ready and model.predict_one({"a": 1.0}) in range(4)
+
+
+def test_snapshot_is_json_and_restores_the_same_model():
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=200, seed=3)
+    stream = blobs(1500, 4)
+    for _, x in stream[:1000]:
+        model.learn_one(x)
+    restored = SegmentModel.from_json(json.loads(json.dumps(model.to_json())))
+    probe = [x for _, x in blobs(300, 5)]
+    assert restored.predict_many(probe) == model.predict_many(probe)
+    # Learning goes on identically from the restored state.
+    for _, x in stream[1000:]:
+        model.learn_one(x)
+        restored.learn_one(x)
+    assert restored.predict_many(probe) == model.predict_many(probe)
+    assert restored.to_json() == model.to_json()
+
+
+def test_a_snapshot_taken_while_warming_up_keeps_the_buffer():
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=200, seed=3)
+    stream = blobs(400, 6)
+    for _, x in stream[:150]:
+        model.learn_one(x)
+    restored = SegmentModel.from_json(model.to_json())
+    for _, x in stream[150:]:
+        model.learn_one(x)
+        restored.learn_one(x)
+    assert restored.to_json() == model.to_json()
+
+
+def test_segment_ids_stay_put_while_centroids_drift():
+    """Ids mean the same cluster after more learning: KMeans moves centroids, never renumbers."""
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=200, seed=3)
+    for _, x in blobs(2000, 7):
+        model.learn_one(x)
+    anchors = [dict(zip(FEATURES, c)) for c in CENTRES]
+    before = model.predict_many(anchors)
+    rng = random.Random(8)
+    for _ in range(2000):  # every blob shifts by +1 on each axis
+        label = rng.randrange(len(CENTRES))
+        model.learn_one({f: c + 1 + rng.gauss(0, 1) for f, c in zip(FEATURES, CENTRES[label])})
+    assert model.predict_many(anchors) == before
+    assert len(set(before)) == 4
+
+
+def test_rejects_unknown_snapshot_format():
+    with pytest.raises(ValueError, match="snapshot format"):
+        SegmentModel.from_json({"format": 99})
