@@ -192,7 +192,12 @@ def render_profile(state: State) -> dict[str, Any]:
             "first_channel": first_channel,
             "last_channel": last_channel,
         },
-        "segment": state.get("segment"),
+        "segment": state.get("segments", {}).get("all"),
+        "segments": dict(sorted(state.get("segments", {}).items())),
+        "segment_changes": [
+            {"ts": iso(ts), "scope": scope, "from": old, "to": new}
+            for ts, scope, old, new in reversed(state.get("segment_history", []))
+        ],
         "identifiers": {
             "anonymous_ids": len(state["identifiers"]["anonymous_ids"]),
             "email_hashes": list(state["identifiers"]["email_hashes"]),

@@ -25,7 +25,10 @@ import orjson
 from models.events import Limits
 from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
 from models.outputs import SCHEMA_VERSION
-from models.profile import Step, apply_events
+from models.features import FEATURES, extract_features
+from models.profile import Step, apply_events, copy_state
+from models.segmentation import SegmentMove, assign_segments, scopes_of, should_learn
+from models.segments import SegmentModel
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
 
@@ -90,18 +93,121 @@ async def route_message(wiring: Wiring, event: faust.EventT) -> None:
         await wiring.by_customer_topic.send(key=key.encode(), value=orjson.dumps(records))
 
 
-async def update_profile(wiring: Wiring, event: faust.EventT) -> None:
-    """Fold one customer's batch of events into their profile and emit what changed."""
+RESCORE = b'{"rescore":true}'
+
+
+def now_ms() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
+
+
+class ModelCache:
+    """The segment models of the global table, parsed once per snapshot."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.table = wiring.segment_models
+        self._held: dict[str, tuple[int, SegmentModel]] = {}
+
+    def models_for(self, scopes: list[str]) -> dict[str, SegmentModel]:
+        out = {}
+        for scope in scopes:
+            snapshot = self.table.get(scope.encode())
+            if snapshot is None:
+                continue
+            held = self._held.get(scope)
+            if held is None or held[0] != snapshot["n_learned"]:
+                held = (snapshot["n_learned"], SegmentModel.from_json(snapshot))
+                self._held[scope] = held
+            out[scope] = held[1]
+        return out
+
+
+async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT) -> None:
+    """Fold one customer's batch of events into their profile, re-score its segments, emit."""
     key: bytes = event.key
+    if event.value == RESCORE:
+        await rescore_profile(wiring, models, key)
+        return
     records = orjson.loads(event.value)
     step = apply_events(wiring.profiles.get(key), key.decode(), records, wiring.settings.dedup_window)
+    moves: list[SegmentMove] = []
     if step.applied:
+        as_of = max(now_ms(), step.state["all"]["last_ts"] or 0)
+        scopes = scopes_of(step.state, {r["channel"] for r in records if r["source"] != "identify"})
+        moves = assign_segments(step.state, scopes, models.models_for(scopes), as_of)
+        if moves:
+            step.changed = sorted({*step.changed, "segments"})
         wiring.profiles[key] = step.state  # reassigned, so the changelog gets it
+        await teach(wiring, step.state, scopes, as_of)
     if step.applied or step.replayed_last:
-        await publish(wiring, step)
+        await publish(wiring, step, moves)
 
 
-async def publish(wiring: Wiring, step: Step) -> None:
+async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
+    """The sweep: re-score every scope of a (possibly silent) profile against today's models."""
+    held = wiring.profiles.get(key)
+    if held is None:
+        return
+    state = copy_state(held)
+    scopes = scopes_of(state)
+    moves = assign_segments(state, scopes, models.models_for(scopes), max(now_ms(), state["all"]["last_ts"] or 0))
+    if moves:
+        state["version"] += 1
+        wiring.profiles[key] = state
+        await publish(wiring, Step(state, ["segments"]), moves)
+
+
+async def teach(wiring: Wiring, state: dict, scopes: list[str], as_of: int) -> None:
+    """Send a sample of this profile's feature vectors to the single segment learner."""
+    settings = wiring.settings
+    key = state["customer_id"]
+    for scope in scopes:
+        block = state["all"] if scope == "all" else state["channels"][scope]
+        min_events = settings.segment_min_events if scope == "all" else max(1, settings.segment_min_events // 2)
+        if should_learn(f"{key}/{scope}", state["version"], block["events"], settings.segment_learn_rate, min_events):
+            x = extract_features(state, scope, as_of)
+            await wiring.learn_topic.send(key=scope.encode(), value=orjson.dumps({"scope": scope, "x": x}))
+
+
+class Learner:
+    """Owns the models while it learns; snapshots them into the global table."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+        self.models: dict[str, SegmentModel] = {}
+        self.snapshot_at: dict[str, int] = {}
+
+    def model(self, scope: str) -> SegmentModel:
+        model = self.models.get(scope)
+        if model is None:
+            snapshot = self.wiring.segment_models.get(scope.encode())
+            s = self.wiring.settings
+            model = (
+                SegmentModel.from_json(snapshot)
+                if snapshot is not None
+                else SegmentModel(
+                    n_segments=s.segments,
+                    features=tuple(FEATURES),
+                    halflife=s.segment_halflife,
+                    # A channel's audience is a fraction of the base: it seeds on fewer vectors.
+                    warmup=s.segment_warmup if scope == "all" else max(4 * s.segments, s.segment_warmup // 10),
+                )
+            )
+            self.models[scope] = model
+            self.snapshot_at[scope] = model.n_learned
+        return model
+
+    def learn(self, scope: str, x: dict) -> None:
+        model = self.model(scope)
+        was_ready = model.ready
+        model.learn_one(x)
+        due = model.n_learned - self.snapshot_at[scope] >= self.wiring.settings.segment_snapshot_every
+        if due or (model.ready and not was_ready):
+            # Written inside the learner's stream iteration: the table needs the current event.
+            self.wiring.segment_models[scope.encode()] = model.to_json()
+            self.snapshot_at[scope] = model.n_learned
+
+
+async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> None:
     profile = render_profile(step.state)
     profile_json = orjson.dumps(profile)
     customer_id = profile["customer_id"]
@@ -115,8 +221,24 @@ async def publish(wiring: Wiring, step: Step) -> None:
     }
     await wiring.updates_topic.send(key=customer_id.encode(), value=orjson.dumps(update))
     wiring.sink.stage(customer_id, profile["version"], redis_fields(profile, profile_json))
+    for move in moves:
+        change = {
+            "customer_id": customer_id,
+            "scope": move.scope,
+            "from_segment": move.from_segment,
+            "to_segment": move.to_segment,
+            "model_version": move.model_version,
+            "ts": update["ts"],
+        }
+        await wiring.segments_topic.send(key=customer_id.encode(), value=orjson.dumps(change))
+        wiring.sink.stage_move(customer_id, move.scope, move.from_segment, move.to_segment)
     if wiring.sink.full:
         await wiring.sink.flush()
+
+
+async def learn_vector(learner: Learner, event: faust.EventT) -> None:
+    message = orjson.loads(event.value)
+    learner.learn(message["scope"], message["x"])
 
 
 def register_agents(app: faust.App, wiring: Wiring) -> None:
@@ -125,10 +247,25 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: route_message(wiring, e))
 
+    models = ModelCache(wiring)
+    learner = Learner(wiring)
+
     @app.agent(wiring.by_customer_topic, name="update_profiles")
     async def update_profiles(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await guarded(wiring, event, lambda e: update_profile(wiring, e))
+            await guarded(wiring, event, lambda e: update_profile(wiring, models, e))
+
+    @app.agent(wiring.learn_topic, name="learn_segments")
+    async def learn_segments(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await guarded(wiring, event, lambda e: learn_vector(learner, e))
+
+    @app.timer(wiring.settings.segment_sweep_seconds, name="sweep_segments")
+    async def sweep_segments() -> None:
+        # Silent customers are re-scored through their own partition's stream (tables are
+        # only written inside stream iteration).
+        for key in list(wiring.profiles.keys()):
+            await wiring.by_customer_topic.send(key=key, value=RESCORE)
 
     @app.timer(wiring.settings.redis_flush_interval_ms / 1000, name="flush_redis")
     async def flush_redis() -> None:

@@ -16,6 +16,7 @@ from streams.sinks import RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
 
 PROFILES_TABLE = "profiles"
+SEGMENT_MODELS_TABLE = "segment-models"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,10 @@ class Wiring:
     by_customer_topic: faust.TopicT
     updates_topic: faust.TopicT
     deadletter_topic: faust.TopicT
+    segments_topic: faust.TopicT
+    learn_topic: faust.TopicT
     profiles: faust.Table
+    segment_models: faust.GlobalTable
     sink: RedisProfileSink
 
 
@@ -88,12 +92,22 @@ def create_app(settings: Settings) -> faust.App:
         by_customer_topic=app.topic(names.by_customer, partitions=settings.partitions, internal=True, **raw),
         updates_topic=app.topic(names.updates, **raw),
         deadletter_topic=app.topic(names.deadletter, **raw),
+        segments_topic=app.topic(names.segments, **raw),
+        # One partition: every model is learned in one place, by one learner.
+        learn_topic=app.topic(names.segment_features, partitions=1, internal=True, **raw),
         profiles=app.Table(
             PROFILES_TABLE,
             default=None,
             partitions=settings.partitions,
             key_type=bytes,  # raw keys on the changelog; values are JSON (never pickle)
             help="Profile state per customer (models.profile); the source of truth.",
+        ),
+        segment_models=app.GlobalTable(
+            SEGMENT_MODELS_TABLE,
+            default=None,
+            partitions=1,
+            key_type=bytes,
+            help="Segment model snapshots per scope (models.segments, JSON), read by every worker.",
         ),
         sink=RedisProfileSink(
             settings.redis_url,

@@ -350,6 +350,8 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
         sample_rows, title="== one sample profile per persona ==",
     ))
 
+    print_segments(client, layout, profiles, truth)
+
     reasons = collections.Counter(d["error"].split(":")[0].split(" (")[0] for d in follower.dead_letters)
     print()
     print(format_table(["dead-letter reason (field or kind)", "messages"], sorted(reasons.items(), key=lambda kv: -kv[1]),
@@ -362,6 +364,35 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
                            for k, v in raw["channels"].items()}
         print(orjson.dumps(raw, option=orjson.OPT_INDENT_2).decode()[:4000])
     client.close()
+
+
+def print_segments(client: Any, layout: Any, profiles: dict[str, dict], truth: dict[str, Any]) -> None:
+    """Segments of the merged scope against the generator's personas, and scopes with segments."""
+    sizes = {k.decode(): int(v) for k, v in client.hgetall(layout.segment_sizes("all")).items()}
+    members: dict[str, list[str]] = collections.defaultdict(list)
+    for cid, p in profiles.items():
+        if p.get("segment"):
+            members[p["segment"]].append(cid)
+    rows = []
+    for seg in sorted(members, key=lambda s: -len(members[s])):
+        personas = collections.Counter(truth[c].persona for c in members[seg] if c in truth)
+        top, count = personas.most_common(1)[0] if personas else ("-", 0)
+        revenue = sum(profiles[c]["summary"]["revenue"] for c in members[seg]) / len(members[seg])
+        rows.append([seg, sizes.get(seg, 0), len(members[seg]), top, round(100 * count / max(1, sum(personas.values()))),
+                     round(revenue, 2)])
+    print()
+    print(format_table(["segment", "size (Redis)", "profiles", "most common persona (truth)", "% of members",
+                        "avg revenue"], rows, title="== segments (scope: all) =="))
+    scored = [p for c, p in profiles.items() if c in truth and p.get("segment")]
+    if scored:
+        try:
+            from sklearn.metrics import adjusted_rand_score
+        except ImportError:
+            return
+        ari = adjusted_rand_score([truth[p["customer_id"]].persona for p in scored], [p["segment"] for p in scored])
+        print(f"adjusted Rand index against the personas: {ari:.3f} over {len(scored):,} customers")
+    scopes = collections.Counter(scope for p in profiles.values() for scope in p.get("segments", {}))
+    print(format_table(["scope", "profiles with a segment"], sorted(scopes.items()), title="== scopes =="))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -39,6 +39,12 @@ class RedisLayout:
     def profile(self, customer_id: str) -> str:
         return f"{self.prefix}profile:{customer_id}"
 
+    def segment(self, scope: str, segment: str) -> str:
+        return f"{self.prefix}segment:{scope}:{segment}"
+
+    def segment_sizes(self, scope: str) -> str:
+        return f"{self.prefix}segments:{scope}"
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -68,6 +74,7 @@ class RedisProfileSink:
         self.flush_max = flush_max
         self.stats = FlushStats()
         self._pending: dict[str, tuple[int, dict]] = {}
+        self._moves: list[tuple[str, str, str | None, str]] = []
         self._client: aioredis.Redis | None = None
         self._script = None
         self._lock = asyncio.Lock()
@@ -77,6 +84,10 @@ class RedisProfileSink:
         staged = self._pending.get(customer_id)
         if staged is None or staged[0] <= version:
             self._pending[customer_id] = (version, fields)
+
+    def stage_move(self, customer_id: str, scope: str, from_segment: str | None, to_segment: str) -> None:
+        """Move a customer between the segment sets of a scope at the next flush."""
+        self._moves.append((customer_id, scope, from_segment, to_segment))
 
     @property
     def pending(self) -> int:
@@ -89,9 +100,10 @@ class RedisProfileSink:
     async def flush(self) -> int:
         """Write everything staged; return how many hashes were written."""
         async with self._lock:
-            if not self._pending:
+            if not self._pending and not self._moves:
                 return 0
             batch, self._pending = self._pending, {}
+            moves, self._moves = self._moves, []
             try:
                 if self._client is None:
                     self._client = connect(self.url, self.socket_timeout)
@@ -103,12 +115,22 @@ class RedisProfileSink:
                         args.append(name)
                         args.append(value)
                     await self._script(keys=[self.layout.profile(customer_id)], args=args, client=pipe)
+                touched: set[tuple[str, str]] = set()
+                for customer_id, scope, old, new in moves:
+                    if old is not None:
+                        pipe.srem(self.layout.segment(scope, old), customer_id)
+                        touched.add((scope, old))
+                    pipe.sadd(self.layout.segment(scope, new), customer_id)
+                    touched.add((scope, new))
                 started = time.perf_counter()
-                results = await pipe.execute()
+                results = (await pipe.execute())[: len(batch)]
+                if touched:
+                    await self._refresh_sizes(sorted(touched))
             except (RedisError, OSError) as exc:
                 # Keep what was not written, unless a newer version was staged meanwhile.
                 for customer_id, (version, fields) in batch.items():
                     self.stage(customer_id, version, fields)
+                self._moves[:0] = moves
                 self.stats.failed_flushes += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -123,6 +145,18 @@ class RedisProfileSink:
             log.debug("Redis flush: %d written, %d stale in %.1f ms", written, len(results) - written,
                       (time.perf_counter() - started) * 1000)
             return written
+
+    async def _refresh_sizes(self, touched: list[tuple[str, str]]) -> None:
+        """Sizes come from the sets themselves (SCARD), so a replayed move cannot skew them."""
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for scope, segment in touched:
+            pipe.scard(self.layout.segment(scope, segment))
+        sizes = await pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        for (scope, segment), size in zip(touched, sizes):
+            pipe.hset(self.layout.segment_sizes(scope), segment, size)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.flush()

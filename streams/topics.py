@@ -49,6 +49,11 @@ class TopicNames:
         return f"{self.prefix}omniprofile.events-by-customer"
 
     @property
+    def segment_features(self) -> str:
+        """Internal, one partition: sampled feature vectors for the segment learner."""
+        return f"{self.prefix}omniprofile.segment-features"
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         return (self.updates, self.segments, self.hops, self.deadletter)
 

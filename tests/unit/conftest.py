@@ -441,6 +441,8 @@ def expected_profile(records: list[dict[str, Any]], key: str, version: int = 1) 
             "last_channel": max(by_channel, key=lambda c: (last_ts[c], c)) if by_channel else None,
         },
         "segment": None,
+        "segments": {},
+        "segment_changes": [],
         "identifiers": {
             "anonymous_ids": len({r["anonymous_id"] for r in records if r["anonymous_id"]}),
             "email_hashes": sorted({r["email_hash"] for r in records if r["email_hash"]}),

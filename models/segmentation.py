@@ -1,0 +1,92 @@
+"""Assigning segments to a profile, per scope: the pure step the profile agent calls.
+
+``assign_segments(state, scopes, models, as_of_ms)`` scores the profile's feature vector
+of each scope (``all`` and channels) with that scope's current model, writes the segment
+into ``state["segments"]`` and returns the moves (:class:`SegmentMove`), from which the
+caller emits ``SegmentChange`` records and updates the Redis segment sets.
+
+Which vectors teach the models is decided here too (:func:`should_learn`): profiles with
+at least ``min_events`` events (younger ones are mostly noise), sampled by a hash of the
+customer and profile version so that the choice is the same on every replay.
+
+Examples
+--------
+>>> from models.segments import SegmentModel
+>>> from models.features import FEATURES
+>>> state = {"channels": {}, "all": None, "segments": {}}
+>>> assign_segments(state, ["all"], {}, as_of_ms=0)   # no model yet: nothing to assign
+[]
+>>> segment_id(3)
+'s3'
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from models.features import extract_features
+from models.profile import State
+from models.segments import SegmentModel
+
+MAX_SEGMENT_HISTORY = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentMove:
+    scope: str
+    from_segment: str | None
+    to_segment: str
+    model_version: int
+
+
+def segment_id(index: int) -> str:
+    return f"s{index}"
+
+
+def scopes_of(state: State, channels: Iterable[str] | None = None) -> list[str]:
+    """``all`` plus the given channels (all the profile's channels when None), known ones only."""
+    names = state["channels"] if channels is None else [c for c in channels if c in state["channels"]]
+    return ["all", *sorted(set(names))]
+
+
+def assign_segments(
+    state: State, scopes: Iterable[str], models: Mapping[str, SegmentModel], as_of_ms: int
+) -> list[SegmentMove]:
+    """Score ``scopes`` and record the segments in ``state`` (in place); return the moves."""
+    segments = state.setdefault("segments", {})
+    moves = []
+    for scope in scopes:
+        model = models.get(scope)
+        if model is None or not model.ready:
+            continue
+        x = extract_features(state, scope, as_of_ms)
+        if x is None:
+            continue
+        index = model.predict_one(x)
+        if index is None:
+            continue
+        new = segment_id(index)
+        old = segments.get(scope)
+        if new != old:
+            segments[scope] = new
+            moves.append(SegmentMove(scope, old, new, model.n_learned))
+    if moves:
+        history = state.setdefault("segment_history", [])
+        history.extend([as_of_ms, m.scope, m.from_segment, m.to_segment] for m in moves)
+        del history[:-MAX_SEGMENT_HISTORY]
+    return moves
+
+
+def should_learn(key: str, version: int, events: int, rate: float, min_events: int) -> bool:
+    """Deterministic sample of the profile versions that teach the model.
+
+    >>> should_learn("c-1", 7, events=2, rate=1.0, min_events=5)
+    False
+    >>> should_learn("c-1", 7, events=9, rate=1.0, min_events=5)
+    True
+    """
+    if events < min_events or rate <= 0:
+        return False
+    return zlib.crc32(f"{key}:{version}".encode()) < rate * 0x1_0000_0000
