@@ -79,6 +79,32 @@ def assign_segments(
     return moves
 
 
+def scope_min_events(scope: str, min_events: int) -> int:
+    """Events a sub-profile needs before it teaches its scope's model.
+
+    A channel sees a slice of a customer's behaviour, so channel scopes ask for half.
+
+    >>> scope_min_events("all", 5), scope_min_events("ebay", 5)
+    (5, 2)
+    """
+    return min_events if scope == "all" else max(1, min_events // 2)
+
+
+def scope_warmup(scope: str, warmup: int, n_segments: int) -> int:
+    """Vectors a scope's model buffers before seeding: a channel's audience is a fraction
+    of the base, so it seeds on a tenth (at least four per segment).
+
+    >>> scope_warmup("all", 1000, 8), scope_warmup("web", 1000, 8), scope_warmup("etsy", 100, 8)
+    (1000, 100, 32)
+    """
+    return warmup if scope == "all" else max(4 * n_segments, warmup // 10)
+
+
+def scoring_time(state: State, now_ms: int) -> int:
+    """The reference time of the features: now, or the latest event if its clock runs ahead."""
+    return max(now_ms, state["all"]["last_ts"] or 0)
+
+
 def should_learn(key: str, version: int, events: int, rate: float, min_events: int) -> bool:
     """Deterministic sample of the profile versions that teach the model.
 

@@ -103,13 +103,6 @@ def read_topic(settings: Settings, topic: str, idle_ms: int = 2000) -> Iterator[
         consumer.close()
 
 
-def latest_by_key(settings: Settings, topic: str, idle_ms: int = 2000) -> dict[str, Any]:
-    """The last JSON value per key of a topic (None for a tombstone)."""
-    latest: dict[str, Any] = {}
-    for key, value in read_topic(settings, topic, idle_ms):
-        latest[key.decode() if key else ""] = orjson.loads(value) if value else None
-    return latest
-
 
 class OutputFollower:
     """Follows ``profiles.updates`` and ``profiles.deadletter`` from the beginning.

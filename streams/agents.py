@@ -27,7 +27,15 @@ from models.ingest import Rejection, dead_letter, decode_message, group_by_profi
 from models.outputs import SCHEMA_VERSION
 from models.features import FEATURES, extract_features
 from models.profile import Step, apply_events, copy_state
-from models.segmentation import SegmentMove, assign_segments, scopes_of, should_learn
+from models.segmentation import (
+    SegmentMove,
+    assign_segments,
+    scope_min_events,
+    scope_warmup,
+    scopes_of,
+    scoring_time,
+    should_learn,
+)
 from models.segments import SegmentModel
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
@@ -131,7 +139,7 @@ async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT
     step = apply_events(wiring.profiles.get(key), key.decode(), records, wiring.settings.dedup_window)
     moves: list[SegmentMove] = []
     if step.applied:
-        as_of = max(now_ms(), step.state["all"]["last_ts"] or 0)
+        as_of = scoring_time(step.state, now_ms())
         scopes = scopes_of(step.state, {r["channel"] for r in records if r["source"] != "identify"})
         moves = assign_segments(step.state, scopes, models.models_for(scopes), as_of)
         if moves:
@@ -149,7 +157,7 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
         return
     state = copy_state(held)
     scopes = scopes_of(state)
-    moves = assign_segments(state, scopes, models.models_for(scopes), max(now_ms(), state["all"]["last_ts"] or 0))
+    moves = assign_segments(state, scopes, models.models_for(scopes), scoring_time(state, now_ms()))
     if moves:
         state["version"] += 1
         wiring.profiles[key] = state
@@ -162,7 +170,7 @@ async def teach(wiring: Wiring, state: dict, scopes: list[str], as_of: int) -> N
     key = state["customer_id"]
     for scope in scopes:
         block = state["all"] if scope == "all" else state["channels"][scope]
-        min_events = settings.segment_min_events if scope == "all" else max(1, settings.segment_min_events // 2)
+        min_events = scope_min_events(scope, settings.segment_min_events)
         if should_learn(f"{key}/{scope}", state["version"], block["events"], settings.segment_learn_rate, min_events):
             x = extract_features(state, scope, as_of)
             await wiring.learn_topic.send(key=scope.encode(), value=orjson.dumps({"scope": scope, "x": x}))
@@ -188,8 +196,7 @@ class Learner:
                     n_segments=s.segments,
                     features=tuple(FEATURES),
                     halflife=s.segment_halflife,
-                    # A channel's audience is a fraction of the base: it seeds on fewer vectors.
-                    warmup=s.segment_warmup if scope == "all" else max(4 * s.segments, s.segment_warmup // 10),
+                    warmup=scope_warmup(scope, s.segment_warmup, s.segments),
                 )
             )
             self.models[scope] = model

@@ -119,5 +119,4 @@ def create_app(settings: Settings) -> faust.App:
     from streams.agents import register_agents
 
     register_agents(app, wiring)
-    app.omniprofile = wiring  # type: ignore[attr-defined]  # for tests and the CLI
     return app

@@ -107,13 +107,6 @@ class Tansu:
     def stop(self) -> None:
         _stop(self.proc)
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
 
 
 @dataclass
