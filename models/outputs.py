@@ -43,6 +43,55 @@ class SegmentChange(BaseModel):
     ts: str
 
 
+class NamedShare(BaseModel):
+    name: str
+    share: float = Field(ge=0, le=1)
+
+
+class SegmentPersona(BaseModel):
+    """What the members of one segment have in common (:mod:`models.personas`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    segment: str
+    label: str = Field(description="derived from what sets the segment apart, e.g. 'bargain-hunting marketplace shoppers'")
+    size: int = Field(ge=0, description="members")
+    share: float = Field(ge=0, le=1, description="of the customers with a segment in this scope")
+    top_channels: list[NamedShare] = Field(description="channels by share of the members' events")
+    top_interests: list[NamedShare] = Field(description="interests by share of members having them in their top 3")
+    age_band: str | None = Field(description="the most common age band among members with a known age")
+    age_known: float = Field(ge=0, le=1, description="share of members with a known age")
+    devices: list[NamedShare] = Field(description="members' main device")
+    avg_spend: float = Field(description="revenue per member")
+    avg_orders: float
+    buyer_share: float = Field(ge=0, le=1)
+    discount_share: float = Field(ge=0, le=1, description="share of orders with a discount")
+    avg_events: float
+    active_share: float = Field(ge=0, le=1, description="members active in the last 30 days")
+    email_open_rate: float = Field(ge=0, description="opens / emails sent")
+    email_click_rate: float = Field(ge=0, description="clicks / emails sent")
+    email_reached_share: float = Field(ge=0, le=1, description="members who were sent email")
+    app_user_share: float = Field(ge=0, le=1, description="members who opened the app")
+    avg_app_opens: float
+    store_visitor_share: float = Field(ge=0, le=1)
+    social_share: float = Field(ge=0, le=1, description="members with social interactions")
+    group_shares: dict[str, float] = Field(description="share of events per channel family")
+
+
+class SegmentSummaries(BaseModel):
+    """On ``profiles.segment-summaries`` (compacted), keyed by scope: the personas of its segments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    scope: str = Field(description="'all' or a channel")
+    ts: str
+    customers: int = Field(ge=0, description="customers with a segment in this scope")
+    partitions_reported: int = Field(ge=0, description="partitions whose tallies are included")
+    partitions: int = Field(ge=1)
+    segments: list[SegmentPersona] = Field(description="largest first")
+
+
 class ChannelHop(BaseModel):
     """On ``profiles.hops`` when a customer's next interaction is on another channel (issue 4)."""
 
@@ -74,7 +123,7 @@ class DeadLetter(BaseModel):
 def schemas() -> dict[str, dict[str, Any]]:
     """Every input and output JSON Schema, by file name."""
     out = {f"event.{source}.json": _event_schema(source, model) for source, model in EVENT_MODELS.items()}
-    for model in (ProfileUpdate, SegmentChange, ChannelHop, DeadLetter):
+    for model in (ProfileUpdate, SegmentChange, SegmentSummaries, ChannelHop, DeadLetter):
         out[f"{model.__name__}.json"] = model.model_json_schema()
     return out
 

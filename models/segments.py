@@ -17,6 +17,11 @@ first buffers ``warmup`` vectors and seeds the centroids with k-means++ on them
 (deterministic for a seed); from then on river's online update moves each centroid by
 ``halflife`` of the way to the vectors it wins.
 
+A small audience (a niche channel) may never fill the buffer. :meth:`seed_early` seeds
+such a model *provisionally* from what it has: it assigns segments at once, keeps
+buffering, and is seeded again, for good, when the buffer is full (``version`` counts
+the seedings).
+
 Examples
 --------
 >>> import random
@@ -107,6 +112,7 @@ class SegmentModel:
         self.n_learned = 0
         self.version = 0  # raised whenever the centroids are (re)seeded from the buffer
         self._seeded = False
+        self._provisional = False
         self._matrix: np.ndarray | None = None
 
     # --- learning ----------------------------------------------------------------------------
@@ -116,18 +122,42 @@ class SegmentModel:
         """True once the centroids are seeded and the model assigns segments."""
         return self._seeded
 
+    @property
+    def provisional(self) -> bool:
+        """True while the centroids come from an early seeding and the buffer still fills."""
+        return self._provisional
+
     def learn_one(self, x: Mapping[str, float]) -> None:
         row = {f: float(x.get(f, 0.0)) for f in self.features}
         self.scaler.learn_one(row)
         self.n_learned += 1
-        if not self._seeded:
+        if not self._seeded or self._provisional:
             self.buffer.append([row[f] for f in self.features])
             if len(self.buffer) >= self.warmup:
                 self._seed_centroids()
+                self.buffer = []
+                self._provisional = False
             return
         z = self.scaler.transform_one(row)
         self.kmeans.learn_one(z)
         self._matrix = None
+
+    def seed_early(self) -> bool:
+        """Seed provisionally from the vectors buffered so far; False if there is nothing to do.
+
+        >>> model = SegmentModel(n_segments=3, features=("a",), warmup=100)
+        >>> for v in (1.0, 2.0, 50.0, 51.0):
+        ...     model.learn_one({"a": v})
+        >>> model.ready, model.seed_early(), model.ready, model.provisional
+        (False, True, True, True)
+        >>> model.predict_one({"a": 1.5}) != model.predict_one({"a": 50.5})
+        True
+        """
+        if self._seeded or not self.buffer:
+            return False
+        self._seed_centroids()
+        self._provisional = True
+        return True
 
     def _seed_centroids(self) -> None:
         raw = np.asarray(self.buffer, dtype=float)
@@ -141,7 +171,6 @@ class SegmentModel:
         assert best is not None
         for k in range(self.n_segments):
             self.kmeans.centers[k] = dict(zip(self.features, map(float, best[k])))
-        self.buffer = []
         self._seeded = True
         self.version += 1
         self._matrix = None
@@ -189,6 +218,7 @@ class SegmentModel:
             "n_learned": self.n_learned,
             "version": self.version,
             "seeded": self._seeded,
+            "provisional": self._provisional,
             "buffer": self.buffer,
             "scaler": {
                 f: [self.scaler.counts.get(f, 0), self.scaler.means.get(f, 0.0), self.scaler.vars.get(f, 0.0)]
@@ -219,6 +249,7 @@ class SegmentModel:
             model.scaler.vars[f] = var
         if data["seeded"]:
             model._seeded = True
+            model._provisional = bool(data.get("provisional", False))
             for k, row in enumerate(data["centers"]):
                 model.kmeans.centers[k] = dict(zip(model.features, row))
         return model

@@ -58,7 +58,8 @@ def check_kafka(settings: Settings, timeout: float = 5.0) -> None:
 
 def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
-    compacted = {TopicNames(settings.topic_prefix).updates}  # the latest profile per customer
+    names = TopicNames(settings.topic_prefix)
+    compacted = {names.updates, names.segment_summaries}  # the latest profile per customer, summary per scope
     admin = KafkaAdminClient(**client_options(settings))
     try:
         existing = set(admin.list_topics())

@@ -24,8 +24,9 @@ import orjson
 
 from models.events import Limits
 from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
-from models.outputs import SCHEMA_VERSION
 from models.features import FEATURES, extract_features
+from models.outputs import SCHEMA_VERSION
+from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
 from models.segmentation import (
     SegmentMove,
@@ -39,6 +40,7 @@ from models.segmentation import (
 from models.segments import SegmentModel
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
+from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,18 @@ async def route_message(wiring: Wiring, event: faust.EventT) -> None:
     for rejection in decoded.rejections:
         await send_dead_letter(wiring, message, rejection)
     for key, records in group_by_profile(decoded.records).items():
-        await wiring.by_customer_topic.send(key=key.encode(), value=orjson.dumps(records))
+        await send_by_customer(wiring, key.encode(), orjson.dumps(records))
+
+
+async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> None:
+    # The partition is set explicitly (Kafka's default murmur2) so that the tally timer can
+    # tell which of the table's keys live in the partitions this worker owns.
+    partition = partition_of(key, wiring.settings.partitions)
+    await wiring.by_customer_topic.send(key=key, value=value, partition=partition)
 
 
 RESCORE = b'{"rescore":true}'
+SEED = b'{"seed":true}'
 
 
 def now_ms() -> int:
@@ -203,6 +213,20 @@ class Learner:
             self.snapshot_at[scope] = model.n_learned
         return model
 
+    def seed_small_scopes(self) -> list[str]:
+        """Seed, provisionally, every model still warming up (a channel with a small audience)."""
+        scopes = set(self.models) | {key.decode() for key in self.wiring.segment_models.keys()}
+        seeded = []
+        for scope in sorted(scopes):
+            model = self.model(scope)
+            if model.seed_early():
+                self.wiring.segment_models[scope.encode()] = model.to_json()
+                self.snapshot_at[scope] = model.n_learned
+                seeded.append(scope)
+        if seeded:
+            log.info("Seeded the segment models of %s early (buffers not full yet)", ", ".join(seeded))
+        return seeded
+
     def learn(self, scope: str, x: dict) -> None:
         model = self.model(scope)
         was_ready = model.ready
@@ -244,8 +268,75 @@ async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> 
 
 
 async def learn_vector(learner: Learner, event: faust.EventT) -> None:
+    if event.value == SEED:
+        learner.seed_small_scopes()
+        return
     message = orjson.loads(event.value)
     learner.learn(message["scope"], message["x"])
+
+
+def active_partitions(app: faust.App, wiring: Wiring) -> set[int]:
+    """The partitions of the profile table this worker owns now (standbys excluded)."""
+    topic = wiring.names.by_customer
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+
+async def owned_profiles(app: faust.App, wiring: Wiring) -> dict[int, list[tuple[bytes, dict]]]:
+    """The profiles of this worker's active partitions, by partition."""
+    owned: dict[int, list[tuple[bytes, dict]]] = {p: [] for p in active_partitions(app, wiring)}
+    if not owned:
+        return owned
+    n = wiring.settings.partitions
+    for i, key in enumerate(list(wiring.profiles.keys())):
+        bucket = owned.get(partition_of(key, n))
+        if bucket is not None:
+            state = wiring.profiles.get(key)
+            if state is not None:
+                bucket.append((key, state))
+        if i % 1000 == 999:
+            await asyncio.sleep(0)  # let the agents run between chunks of a large table
+    return owned
+
+
+class Summarizer:
+    """Merges the latest tally of every partition into persona summaries and publishes them."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+        self.latest: dict[int, dict] = {}
+        self.reported: set[int] = set()
+        self.published_at = 0.0
+
+    async def receive(self, message: dict) -> None:
+        n = message["partitions"]
+        self.latest[message["partition"]] = message
+        self.reported.add(message["partition"])
+        for stale in [p for p in self.latest if p >= n]:  # the partition count changed
+            del self.latest[stale]
+        period = self.wiring.settings.segment_summary_seconds
+        overdue = asyncio.get_running_loop().time() - self.published_at > 2 * period
+        if self.reported >= set(range(n)) or (self.published_at and overdue):
+            await self.publish(n)
+
+    async def publish(self, partitions: int) -> None:
+        merged = merge_tallies(m["tally"] for m in self.latest.values())
+        ts = now_iso()
+        documents = {}
+        for scope, rows in summarize(merged).items():
+            document = {
+                "schema_version": SCHEMA_VERSION,
+                "scope": scope,
+                "ts": ts,
+                "customers": sum(r["size"] for r in rows),
+                "partitions_reported": len(self.latest),
+                "partitions": partitions,
+                "segments": rows,
+            }
+            documents[scope] = orjson.dumps(document)
+            await self.wiring.summaries_topic.send(key=scope.encode(), value=documents[scope])
+        await self.wiring.sink.write_summaries(documents)
+        self.reported = set()
+        self.published_at = asyncio.get_running_loop().time()
 
 
 def register_agents(app: faust.App, wiring: Wiring) -> None:
@@ -256,6 +347,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
 
     models = ModelCache(wiring)
     learner = Learner(wiring)
+    summarizer = Summarizer(wiring)
 
     @app.agent(wiring.by_customer_topic, name="update_profiles")
     async def update_profiles(stream: faust.StreamT) -> None:
@@ -267,12 +359,30 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: learn_vector(learner, e))
 
+    @app.agent(wiring.tallies_topic, name="summarize_segments")
+    async def summarize_segments(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await guarded(wiring, event, lambda e: summarizer.receive(orjson.loads(e.value)))
+
     @app.timer(wiring.settings.segment_sweep_seconds, name="sweep_segments")
     async def sweep_segments() -> None:
-        # Silent customers are re-scored through their own partition's stream (tables are
-        # only written inside stream iteration).
-        for key in list(wiring.profiles.keys()):
-            await wiring.by_customer_topic.send(key=key, value=RESCORE)
+        # Models of small audiences are seeded early, then every profile is re-scored
+        # through its own partition's stream (tables are only written inside stream
+        # iteration). The pause lets the learner's snapshots reach this worker first;
+        # a profile that misses them is re-scored on its next event or the next sweep.
+        await wiring.learn_topic.send(key=b"seed", value=SEED)
+        await asyncio.sleep(min(5.0, wiring.settings.segment_sweep_seconds / 4))
+        for partition, profiles in (await owned_profiles(app, wiring)).items():
+            for key, _ in profiles:
+                await wiring.by_customer_topic.send(key=key, value=RESCORE, partition=partition)
+
+    @app.timer(wiring.settings.segment_summary_seconds, name="tally_segments")
+    async def tally_segments() -> None:
+        as_of = now_ms()
+        for partition, profiles in (await owned_profiles(app, wiring)).items():
+            tally = tally_members((state for _, state in profiles), as_of)
+            message = {"partition": partition, "partitions": wiring.settings.partitions, "tally": tally}
+            await wiring.tallies_topic.send(key=str(partition).encode(), value=orjson.dumps(message))
 
     @app.timer(wiring.settings.redis_flush_interval_ms / 1000, name="flush_redis")
     async def flush_redis() -> None:

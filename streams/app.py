@@ -30,7 +30,9 @@ class Wiring:
     updates_topic: faust.TopicT
     deadletter_topic: faust.TopicT
     segments_topic: faust.TopicT
+    summaries_topic: faust.TopicT
     learn_topic: faust.TopicT
+    tallies_topic: faust.TopicT
     profiles: faust.Table
     segment_models: faust.GlobalTable
     sink: RedisProfileSink
@@ -93,8 +95,11 @@ def create_app(settings: Settings) -> faust.App:
         updates_topic=app.topic(names.updates, **raw),
         deadletter_topic=app.topic(names.deadletter, **raw),
         segments_topic=app.topic(names.segments, **raw),
+        summaries_topic=app.topic(names.segment_summaries, **raw),
         # One partition: every model is learned in one place, by one learner.
         learn_topic=app.topic(names.segment_features, partitions=1, internal=True, **raw),
+        # One partition: the per-partition tallies meet in one place to be merged.
+        tallies_topic=app.topic(names.segment_tallies, partitions=1, internal=True, **raw),
         profiles=app.Table(
             PROFILES_TABLE,
             default=None,

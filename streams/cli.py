@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory (default: the package's models/schemas)")
     p.set_defaults(func=cmd_schemas)
 
-    from streams import commands
+    from streams import bench, commands
 
     commands.add_commands(sub)
+    bench.add_commands(sub)
     return parser
 
 

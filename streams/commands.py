@@ -223,6 +223,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
             "OMNIPROFILE_HASH_KEY": os.urandom(16).hex(),
             "OMNIPROFILE_LOG_LEVEL": "info",  # "Worker ready" is an info line
+            # Short periods, so that the few minutes of the demo see sweeps and persona summaries.
+            "OMNIPROFILE_SEGMENT_SWEEP_SECONDS": str(DEMO_SWEEP_SECONDS),
+            "OMNIPROFILE_SEGMENT_SUMMARY_SECONDS": str(DEMO_SUMMARY_SECONDS),
         }
         settings = load_settings(
             kafka_bootstrap_servers=broker.bootstrap, redis_url=redis.url, partitions=args.partitions
@@ -261,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not everything was processed within {args.timeout} s ({done:,} so far)")
         elapsed = progress.finish(done, f"{len(follower.latest):,} profiles")
-        time.sleep(2 * settings.redis_flush_interval_ms / 1000 + 0.5)  # let the last Redis flush land
+        wait_for_segments(settings, follower, worker)
         print_summary(dataset, follower, redis.url, settings, time.monotonic() - publish_started, elapsed)
         follower.close()
         return 0
@@ -284,6 +287,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if service is not None:
                 service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+DEMO_SWEEP_SECONDS = 15
+DEMO_SUMMARY_SECONDS = 5
+
+
+def wait_for_segments(settings: Settings, follower: Any, worker: Worker) -> None:
+    """Until every profile has a segment in the merged scope (profiles processed before the
+    model was ready get theirs at the next sweep) and a persona summary covers them."""
+    import redis as redis_lib
+
+    from streams.sinks import RedisLayout
+
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    layout = RedisLayout(settings.redis_key_prefix)
+    profiles = len(follower.latest)
+    progress = Progress("assigning segments", profiles)
+    deadline = time.monotonic() + 2 * DEMO_SWEEP_SECONDS + 20
+    covered = 0
+    try:
+        while time.monotonic() < deadline and worker.proc.poll() is None:
+            follower.poll(500)
+            summary = client.hget(layout.segment_summaries(), "all")
+            covered = orjson.loads(summary)["customers"] if summary else 0
+            progress.update(covered, "in the latest persona summary")
+            if covered >= profiles:
+                break
+        progress.finish(covered, "in the latest persona summary")
+        time.sleep(2 * settings.redis_flush_interval_ms / 1000 + 0.5)  # let the last Redis flush land
+        follower.poll(500)
+    finally:
+        client.close()
 
 
 def say(text: str) -> None:
@@ -351,6 +386,11 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
     ))
 
     print_segments(client, layout, profiles, truth)
+    raw = client.hget(layout.segment_summaries(), "all")
+    if raw:
+        print()
+        print(format_summaries(orjson.loads(raw)))
+        print("(the same table: omniprofile segments; per channel: omniprofile segments --scope amazon)")
 
     reasons = collections.Counter(d["error"].split(":")[0].split(" (")[0] for d in follower.dead_letters)
     print()
@@ -395,6 +435,79 @@ def print_segments(client: Any, layout: Any, profiles: dict[str, dict], truth: d
     print(format_table(["scope", "profiles with a segment"], sorted(scopes.items()), title="== scopes =="))
 
 
+# --- segments --------------------------------------------------------------------------------
+
+
+def _names(items: list[dict], n: int = 2) -> str:
+    return ", ".join(f"{i['name']} {round(100 * i['share'])}%" for i in items[:n]) or "-"
+
+
+def format_summaries(document: dict[str, Any]) -> str:
+    """The persona table of one scope's ``SegmentSummaries``."""
+    rows = [
+        [
+            s["segment"], s["label"], s["size"], f"{100 * s['share']:.1f}%", _names(s["top_channels"]),
+            _names(s["top_interests"]), s["age_band"] or "-", _names(s["devices"], 1), s["avg_spend"],
+            f"{100 * s['discount_share']:.0f}%", f"{100 * s['email_open_rate']:.0f}%",
+            f"{100 * s['app_user_share']:.0f}%",
+        ]
+        for s in document["segments"]
+    ]
+    title = (
+        f"== segments, scope {document['scope']}: {document['customers']:,} customers "
+        f"({document['ts']}, {document['partitions_reported']}/{document['partitions']} partitions) =="
+    )
+    return format_table(
+        ["segment", "label", "size", "share", "top channels (events)", "top interests (members)", "age",
+         "main device", "avg spend", "disc. orders", "email opens", "app users"],
+        rows, title=title,
+    )
+
+
+def read_summaries(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The persona summaries in Redis, by scope."""
+    import redis as redis_lib
+
+    from streams.sinks import RedisLayout
+
+    client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    try:
+        raw = client.hgetall(RedisLayout(settings.redis_key_prefix).segment_summaries())
+    except redis_lib.RedisError as exc:
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+    finally:
+        client.close()
+    return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    """Print the segment personas of a scope (or every scope) from Redis."""
+    settings = load_settings()
+    summaries = read_summaries(settings)
+    if not summaries:
+        print(
+            f"no segment summaries in Redis at {settings.redis_url} yet: the workers publish them every "
+            f"{settings.segment_summary_seconds:g} s once a segment model is ready "
+            "(OMNIPROFILE_SEGMENT_WARMUP feature vectors)",
+            file=sys.stderr,
+        )
+        return 1
+    scopes = sorted(summaries) if args.scope == "*" else [args.scope]
+    missing = [s for s in scopes if s not in summaries]
+    if missing:
+        print(f"no segments for scope {missing[0]!r}; scopes with segments: {', '.join(sorted(summaries))}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps({s: summaries[s] for s in scopes}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print("\n\n".join(format_summaries(summaries[s]) for s in scopes))
+    others = sorted(set(summaries) - set(scopes))
+    if others:
+        print(f"\nother scopes: {', '.join(others)} (omniprofile segments --scope NAME, or --scope '*')")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="seeded synthetic events with ground truth, to a file or the topics")
     p.add_argument("--customers", type=int, default=1000)
@@ -407,6 +520,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--publish", action="store_true", help="publish to the input topics (OMNIPROFILE_* settings)")
     p.add_argument("--batch", type=int, default=1, help="events per message when publishing (JSON arrays)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("segments", help="print the segment personas (summaries) from Redis")
+    p.add_argument("--scope", default="all", help="'all' (default), a channel, or '*' for every scope")
+    p.add_argument("--json", action="store_true", help="the SegmentSummaries documents as JSON")
+    p.set_defaults(func=cmd_segments)
 
     p = sub.add_parser("demo", help="run everything on this machine: broker, Redis, worker, events, summary")
     p.add_argument("--customers", type=int, default=2000)

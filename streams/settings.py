@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     segment_halflife: float = Field(default=0.05, gt=0.0, le=1.0)
     segment_snapshot_every: int = Field(default=200, ge=1)
     segment_sweep_seconds: float = Field(default=3600.0, ge=1.0)
+    segment_summary_seconds: float = Field(default=60.0, ge=1.0)
     dedup_window: int = Field(default=256, ge=0, le=100_000)
 
     @field_validator("kafka_bootstrap_servers")

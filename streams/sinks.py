@@ -45,6 +45,10 @@ class RedisLayout:
     def segment_sizes(self, scope: str) -> str:
         return f"{self.prefix}segments:{scope}"
 
+    def segment_summaries(self) -> str:
+        """Hash scope -> the scope's ``SegmentSummaries`` JSON (the latest published)."""
+        return f"{self.prefix}segment-summaries"
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -79,6 +83,12 @@ class RedisProfileSink:
         self._script = None
         self._lock = asyncio.Lock()
 
+    def _connection(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = connect(self.url, self.socket_timeout)
+            self._script = self._client.register_script(WRITE_IF_NEWER)
+        return self._client
+
     def stage(self, customer_id: str, version: int, fields: dict) -> None:
         """Remember the latest fields of a customer until the next flush."""
         staged = self._pending.get(customer_id)
@@ -105,10 +115,7 @@ class RedisProfileSink:
             batch, self._pending = self._pending, {}
             moves, self._moves = self._moves, []
             try:
-                if self._client is None:
-                    self._client = connect(self.url, self.socket_timeout)
-                    self._script = self._client.register_script(WRITE_IF_NEWER)
-                pipe = self._client.pipeline(transaction=False)
+                pipe = self._connection().pipeline(transaction=False)
                 for customer_id, (version, fields) in batch.items():
                     args: list = [version]
                     for name, value in fields.items():
@@ -156,6 +163,18 @@ class RedisProfileSink:
         pipe = self._client.pipeline(transaction=False)
         for (scope, segment), size in zip(touched, sizes):
             pipe.hset(self.layout.segment_sizes(scope), segment, size)
+        await pipe.execute()
+
+    async def write_summaries(self, documents: dict[str, bytes]) -> None:
+        """Replace the persona summaries (scope -> JSON); scopes no longer summarised are dropped."""
+        client = self._connection()
+        key = self.layout.segment_summaries()
+        gone = {name.decode() for name in await client.hkeys(key)} - set(documents)
+        pipe = client.pipeline(transaction=True)
+        if documents:
+            pipe.hset(key, mapping=documents)
+        if gone:
+            pipe.hdel(key, *sorted(gone))
         await pipe.execute()
 
     async def close(self) -> None:

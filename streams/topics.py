@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka.partitioner import murmur2
+
 # The input sources, in the contract's order; the topic is ``events.<source>``.
 SOURCES: tuple[str, ...] = ("clickstream", "email", "app", "social", "offline", "identify")
 
@@ -44,6 +46,10 @@ class TopicNames:
         return f"{self.prefix}profiles.deadletter"
 
     @property
+    def segment_summaries(self) -> str:
+        return f"{self.prefix}profiles.segment-summaries"
+
+    @property
     def by_customer(self) -> str:
         """Internal: validated events re-keyed by customer, co-partitioned with the profile table."""
         return f"{self.prefix}omniprofile.events-by-customer"
@@ -54,8 +60,13 @@ class TopicNames:
         return f"{self.prefix}omniprofile.segment-features"
 
     @property
+    def segment_tallies(self) -> str:
+        """Internal, one partition: per-partition segment tallies for the persona summaries."""
+        return f"{self.prefix}omniprofile.segment-tallies"
+
+    @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.updates, self.segments, self.hops, self.deadletter)
+        return (self.updates, self.segments, self.segment_summaries, self.hops, self.deadletter)
 
     @property
     def public(self) -> tuple[str, ...]:
@@ -74,3 +85,13 @@ class TopicNames:
         if topic.startswith(head) and topic[len(head):] in SOURCES:
             return topic[len(head):]
         return None
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a key: Kafka's default (murmur2), set explicitly on every send of a
+    keyed internal topic, so any process can tell which partition holds a customer.
+
+    >>> partition_of(b"c-1", 4) == partition_of(b"c-1", 4) < 4
+    True
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -33,7 +33,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 SETTING_NAMES = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
 PUBLIC_TOPICS = TopicNames().public
-COMPACTED = {TopicNames().updates}
+COMPACTED = {TopicNames().updates, TopicNames().segment_summaries}  # the latest per key is all that matters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_kafka_init_creates_every_public_topic(services: dict) -> None:
     assert "--partitions" in script and "--replication-factor" in script
 
 
-def test_only_profiles_updates_is_compacted(services: dict) -> None:
+def test_only_latest_per_key_topics_are_compacted(services: dict) -> None:
     created = created_topics(init_script(services))
     for topic, args in created.items():
         compact = "cleanup.policy=compact" in args
@@ -458,7 +458,8 @@ def test_kafka_init_script_creates_the_topics(run_init) -> None:
     assert set(state["topics"]) == expected
     for name, topic in state["topics"].items():
         assert topic["partitions"] == 3 and topic["rf"] == 1, (name, topic)
-        assert ("cleanup.policy=compact" in topic["configs"]) == (name == TopicNames("shop1.").updates)
+        compacted = {TopicNames("shop1.").updates, TopicNames("shop1.").segment_summaries}
+        assert ("cleanup.policy=compact" in topic["configs"]) == (name in compacted)
     creates = [c for c in state["calls"] if "--create" in c]
     assert len(creates) == len(expected) and all("--if-not-exists" in c for c in creates)
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"faust", "aiokafka", "kafka", "redis", "mode"}
-CORE_MODULES = ("models.events", "models.ingest", "models.profile", "models.view", "models.outputs", "models.synthetic")
+CORE_MODULES = (
+    "models.events", "models.ingest", "models.profile", "models.view", "models.outputs", "models.synthetic",
+    "models.features", "models.segments", "models.segmentation", "models.personas",
+)
 
 
 def test_importing_the_core_loads_no_broker_or_redis_client():

@@ -95,3 +95,31 @@ def test_segment_ids_stay_put_while_centroids_drift():
 def test_rejects_unknown_snapshot_format():
     with pytest.raises(ValueError, match="snapshot format"):
         SegmentModel.from_json({"format": 99})
+
+
+def test_a_small_audience_is_seeded_early_then_for_good_when_the_buffer_fills():
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=400, seed=3)
+    assert not model.seed_early()  # nothing buffered: nothing to seed
+    data = blobs(500, 4)
+    for _, x in data[:40]:
+        model.learn_one(x)
+    assert model.seed_early() and model.ready and model.provisional and model.version == 1
+    assert not model.seed_early()  # already seeded
+    early = model.predict_many([x for _, x in data[400:]])
+    assert agreement([t for t, _ in data[400:]], early) > 0.9
+    # The provisional model keeps buffering and survives a snapshot as it is.
+    restored = SegmentModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert restored.provisional and len(restored.buffer) == 40
+    for _, x in data[40:400]:
+        restored.learn_one(x)
+    assert restored.ready and not restored.provisional and restored.version == 2 and restored.buffer == []
+    final = restored.predict_many([x for _, x in data[400:]])
+    assert agreement([t for t, _ in data[400:]], final) > 0.98
+
+
+def test_fewer_distinct_vectors_than_segments_still_seed():
+    model = SegmentModel(n_segments=8, features=FEATURES, warmup=100)
+    for x in ({"a": 1.0, "b": 0.0, "c": 0.0}, {"a": 1.0, "b": 0.0, "c": 0.0}, {"a": 9.0, "b": 0.0, "c": 0.0}):
+        model.learn_one(x)
+    assert model.seed_early()
+    assert model.predict_one({"a": 1.2, "b": 0, "c": 0}) != model.predict_one({"a": 8.8, "b": 0, "c": 0})
