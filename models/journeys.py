@@ -361,3 +361,51 @@ def _collapse(channels: list[str]) -> list[str]:
         if not out or out[-1] != c:
             out.append(c)
     return out
+
+
+# --- global views ---------------------------------------------------------------------------------
+# The deltas of every customer, flattened into (key, event time, value) entries that plain
+# counters can sum: hops and conversions by pair, credit and revenue by model and channel.
+
+
+def journey_entries(delta: JourneyDelta) -> list[tuple[str, int, float]]:
+    """Counter entries of a delta: ``hop|a>b``, ``conv|a>b``, ``credit|model|channel``,
+    ``revenue|model|channel`` (``assists`` is a model with credit 1 per assisted purchase).
+
+    >>> d = JourneyDelta(hops=[Hop("amazon", "web", 0, 5, 5, True, 1)],
+    ...                  credits=[Credit("linear", "web", 9, 0.5, 10.0)])
+    >>> journey_entries(d)
+    [('hop|amazon>web', 5, 1.0), ('conv|amazon>web', 5, 1.0), ('credit|linear|web', 9, 0.5), ('revenue|linear|web', 9, 10.0)]
+    """
+    out: list[tuple[str, int, float]] = []
+    for h in delta.hops:
+        pair = f"{h.from_channel}>{h.to_channel}"
+        if h.sign:
+            out.append((f"hop|{pair}", h.ts, float(h.sign)))
+        change = (1 if h.converted else -1) if h.sign == 0 else (h.sign if h.converted else 0)
+        if change:
+            out.append((f"conv|{pair}", h.ts, float(change)))
+    for c in delta.credits:
+        if c.credit:
+            out.append((f"credit|{c.model}|{c.channel}", c.purchase_ts, c.credit))
+        if c.revenue:
+            out.append((f"revenue|{c.model}|{c.channel}", c.purchase_ts, c.revenue))
+    return out
+
+
+def split_totals(totals: dict[str, float]) -> dict[str, Any]:
+    """Counter totals by kind: transitions, conversions, credit and revenue per model and channel.
+
+    >>> split_totals({"hop|a>b": 3.0, "conv|a>b": 1.0, "credit|linear|b": 0.5})["transitions"]
+    {('a', 'b'): 3.0}
+    """
+    out: dict[str, Any] = {"transitions": {}, "conversions": {}, "credit": {}, "revenue": {}}
+    for key, value in totals.items():
+        kind, _, rest = key.partition("|")
+        if kind in ("hop", "conv"):
+            a, _, b = rest.partition(">")
+            out["transitions" if kind == "hop" else "conversions"][(a, b)] = value
+        elif kind in ("credit", "revenue"):
+            model, _, channel = rest.partition("|")
+            out[kind].setdefault(model, {})[channel] = value
+    return out
