@@ -213,6 +213,7 @@ def record_journey(
     """Insert the touches of ``records`` into ``state["journey"]`` (in place); return the deltas."""
     journey = state.get("journey") or new_journey()
     state["journey"] = journey
+    journey["window_ms"] = window_ms  # the view shows purchase paths over the same window
     delta = JourneyDelta()
     known = {t[5] for t in journey["touches"]}
     fresh = []
@@ -326,7 +327,7 @@ def mover_type(purchases: list[dict[str, Any]]) -> str | None:
     return min(kinds, key=lambda k: (-kinds[k], k))
 
 
-def render_journey(journey: dict[str, Any] | None, window_ms: int = 7 * DAY_MS) -> dict[str, Any]:
+def render_journey(journey: dict[str, Any] | None) -> dict[str, Any]:
     """The journey part of the published profile."""
     if not journey or not journey["touches"]:
         return {"path": [], "hops": {}, "converted_hops": {}, "first_touch": None, "last_touch": None,
@@ -339,7 +340,7 @@ def render_journey(journey: dict[str, Any] | None, window_ms: int = 7 * DAY_MS) 
     purchases = [
         {"ts": purchase[0], "channel": purchase[2], "revenue": purchase[4] / 100,
          "path": _collapse([t[2] for t in p])}
-        for p, purchase in purchase_paths(touches, window_ms).values()
+        for p, purchase in purchase_paths(touches, journey.get("window_ms", 7 * DAY_MS)).values()
     ][-MAX_PURCHASE_PATHS:]
     kind = mover_type(purchases)
     return {

@@ -75,6 +75,7 @@ class Step:
     applied: int = 0
     duplicates: int = 0
     replayed_last: bool = False  # a duplicate of the last applied event: re-publish (crash recovery)
+    new_records: list[EventRecord] = field(default_factory=list)  # the records applied (not duplicates)
 
 
 def new_state(key: str) -> State:
@@ -452,6 +453,7 @@ def apply_events(
         changed |= apply_event(current, rec)
         current["events"] += 1
         step.applied += 1
+        step.new_records.append(rec)
         seen_set.add(event_id)
         seen.append(event_id)
         current["last_event_id"] = event_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from models.journeys import render_journey
 from models.profile import DAY_MS, State
 
 TOP_N = 5
@@ -191,6 +192,7 @@ def render_profile(state: State) -> dict[str, Any]:
             "channels": sorted(channels, key=lambda c: (channels[c]["first_ts"], c)),
             "first_channel": first_channel,
             "last_channel": last_channel,
+            **render_journey(state.get("journey")),
         },
         "segment": state.get("segments", {}).get("all"),
         "segments": dict(sorted(state.get("segments", {}).items())),

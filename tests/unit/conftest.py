@@ -439,6 +439,10 @@ def expected_profile(records: list[dict[str, Any]], key: str, version: int = 1) 
             "channels": journey,
             "first_channel": journey[0] if journey else None,
             "last_channel": max(by_channel, key=lambda c: (last_ts[c], c)) if by_channel else None,
+            # Touches, hops and purchase paths come from models.journeys (tests/unit/test_journeys.py),
+            # a separate step the profile step does not take.
+            "path": [], "hops": {}, "converted_hops": {}, "first_touch": None, "last_touch": None,
+            "purchases": [], "mover": False, "mover_type": None, "late_touches": 0,
         },
         "segment": None,
         "segments": {},

@@ -125,7 +125,8 @@ def test_render_of_an_identify_only_profile(ref):
     profile = render_profile(step.state)
     assert profile == ref.profile([identify], "c-9")
     assert profile["summary"]["events"] == 0 and profile["summary"]["rfm"]["score"] == "000"
-    assert profile["journey"] == {"channels": [], "first_channel": None, "last_channel": None}
+    journey = profile["journey"]
+    assert (journey["channels"], journey["first_channel"], journey["last_channel"]) == ([], None, None)
     assert profile["demographics"] == {"age": 30, "country": "DE"} and profile["traits"] == {"loyalty_tier": "gold"}
     ProfileUpdate(customer_id="c-9", version=1, ts="t", changed=step.changed, profile=profile)
     json.dumps(profile, allow_nan=False)
@@ -141,7 +142,7 @@ def test_journey_orders_channels_by_first_event(ref):
         r("e", "open", ref.T0 + 3_000, source="email", channel="email"),
     ]
     journey = render_profile(apply_events(None, "c-1", recs).state)["journey"]
-    assert journey == {
+    assert {k: journey[k] for k in ("channels", "first_channel", "last_channel")} == {
         "channels": ["email", "web", "amazon", "tiktok"],
         "first_channel": "email",
         "last_channel": "tiktok",
