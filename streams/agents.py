@@ -123,7 +123,7 @@ class ModelCache:
 
     def __init__(self, wiring: Wiring) -> None:
         self.table = wiring.segment_models
-        self._held: dict[str, tuple[int, SegmentModel]] = {}
+        self._held: dict[str, tuple[tuple[int, int], SegmentModel]] = {}
 
     def models_for(self, scopes: list[str]) -> dict[str, SegmentModel]:
         out = {}
@@ -132,8 +132,10 @@ class ModelCache:
             if snapshot is None:
                 continue
             held = self._held.get(scope)
-            if held is None or held[0] != snapshot["n_learned"]:
-                held = (snapshot["n_learned"], SegmentModel.from_json(snapshot))
+            # An early seeding changes the centroids (and the version) but not n_learned.
+            stamp = (snapshot["n_learned"], snapshot["version"])
+            if held is None or held[0] != stamp:
+                held = (stamp, SegmentModel.from_json(snapshot))
                 self._held[scope] = held
             out[scope] = held[1]
         return out
@@ -229,10 +231,10 @@ class Learner:
 
     def learn(self, scope: str, x: dict) -> None:
         model = self.model(scope)
-        was_ready = model.ready
+        version = model.version
         model.learn_one(x)
         due = model.n_learned - self.snapshot_at[scope] >= self.wiring.settings.segment_snapshot_every
-        if due or (model.ready and not was_ready):
+        if due or model.version != version:  # (re)seeded: ready, or provisional centroids replaced
             # Written inside the learner's stream iteration: the table needs the current event.
             self.wiring.segment_models[scope.encode()] = model.to_json()
             self.snapshot_at[scope] = model.n_learned
