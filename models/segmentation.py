@@ -51,17 +51,29 @@ def scopes_of(state: State, channels: Iterable[str] | None = None) -> list[str]:
     return ["all", *sorted(set(names))]
 
 
+def feature_vectors(state: State, scopes: Iterable[str], as_of_ms: int) -> dict[str, dict[str, float] | None]:
+    """The feature vector of each scope, computed once for scoring and teaching alike."""
+    return {scope: extract_features(state, scope, as_of_ms) for scope in scopes}
+
+
 def assign_segments(
-    state: State, scopes: Iterable[str], models: Mapping[str, SegmentModel], as_of_ms: int
+    state: State,
+    scopes: Iterable[str],
+    models: Mapping[str, SegmentModel],
+    as_of_ms: int,
+    vectors: Mapping[str, dict[str, float] | None] | None = None,
 ) -> list[SegmentMove]:
-    """Score ``scopes`` and record the segments in ``state`` (in place); return the moves."""
+    """Score ``scopes`` and record the segments in ``state`` (in place); return the moves.
+
+    ``vectors`` are the scopes' features at ``as_of_ms`` when the caller has them already.
+    """
     segments = state.setdefault("segments", {})
     moves = []
     for scope in scopes:
         model = models.get(scope)
         if model is None or not model.ready:
             continue
-        x = extract_features(state, scope, as_of_ms)
+        x = vectors[scope] if vectors is not None and scope in vectors else extract_features(state, scope, as_of_ms)
         if x is None:
             continue
         index = model.predict_one(x)
@@ -103,6 +115,17 @@ def scope_warmup(scope: str, warmup: int, n_segments: int) -> int:
 def scoring_time(state: State, now_ms: int) -> int:
     """The reference time of the features: now, or the latest event if its clock runs ahead."""
     return max(now_ms, state["all"]["last_ts"] or 0)
+
+
+def teaching_scopes(state: State, scopes: Iterable[str], rate: float, min_events: int) -> list[str]:
+    """The scopes whose current vector of this profile version teaches its model (:func:`should_learn`)."""
+    key = state["customer_id"]
+    out = []
+    for scope in scopes:
+        block = state["all"] if scope == "all" else state["channels"][scope]
+        if should_learn(f"{key}/{scope}", state["version"], block["events"], rate, scope_min_events(scope, min_events)):
+            out.append(scope)
+    return out
 
 
 def should_learn(key: str, version: int, events: int, rate: float, min_events: int) -> bool:

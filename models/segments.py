@@ -95,7 +95,7 @@ class SegmentModel:
         self,
         n_segments: int = 8,
         features: Sequence[str] = (),
-        halflife: float = 0.05,
+        halflife: float = 0.01,
         warmup: int = 500,
         seed: int = 42,
     ) -> None:
@@ -114,6 +114,7 @@ class SegmentModel:
         self._seeded = False
         self._provisional = False
         self._matrix: np.ndarray | None = None
+        self._scaling: tuple[np.ndarray, np.ndarray] | None = None  # (means, stds), cached for scoring
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class SegmentModel:
     def learn_one(self, x: Mapping[str, float]) -> None:
         row = {f: float(x.get(f, 0.0)) for f in self.features}
         self.scaler.learn_one(row)
+        self._scaling = None
         self.n_learned += 1
         if not self._seeded or self._provisional:
             self.buffer.append([row[f] for f in self.features])
@@ -197,7 +199,10 @@ class SegmentModel:
         if not self._seeded:
             return [None] * len(rows)
         x = np.array([[float(r.get(f, 0.0)) for f in self.features] for r in rows])
-        z = (x - self._means()) / self._stds()
+        if self._scaling is None:
+            self._scaling = (self._means(), self._stds())
+        means, stds = self._scaling
+        z = (x - means) / stds
         d2 = ((z[:, None, :] - self.centroids()[None, :, :]) ** 2).sum(axis=2)
         return [int(k) for k in np.argmin(d2, axis=1)]
 

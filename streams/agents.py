@@ -24,18 +24,18 @@ import orjson
 
 from models.events import Limits
 from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
-from models.features import FEATURES, extract_features
+from models.features import FEATURES
 from models.outputs import SCHEMA_VERSION
 from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
 from models.segmentation import (
     SegmentMove,
     assign_segments,
-    scope_min_events,
+    feature_vectors,
     scope_warmup,
     scopes_of,
     scoring_time,
-    should_learn,
+    teaching_scopes,
 )
 from models.segments import SegmentModel
 from models.view import redis_fields, render_profile
@@ -153,11 +153,12 @@ async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT
     if step.applied:
         as_of = scoring_time(step.state, now_ms())
         scopes = scopes_of(step.state, {r["channel"] for r in records if r["source"] != "identify"})
-        moves = assign_segments(step.state, scopes, models.models_for(scopes), as_of)
+        vectors = feature_vectors(step.state, scopes, as_of)
+        moves = assign_segments(step.state, scopes, models.models_for(scopes), as_of, vectors)
         if moves:
             step.changed = sorted({*step.changed, "segments"})
         wiring.profiles[key] = step.state  # reassigned, so the changelog gets it
-        await teach(wiring, step.state, scopes, as_of)
+        await teach(wiring, step.state, scopes, vectors)
     if step.applied or step.replayed_last:
         await publish(wiring, step, moves)
 
@@ -176,16 +177,12 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
         await publish(wiring, Step(state, ["segments"]), moves)
 
 
-async def teach(wiring: Wiring, state: dict, scopes: list[str], as_of: int) -> None:
+async def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
     """Send a sample of this profile's feature vectors to the single segment learner."""
     settings = wiring.settings
-    key = state["customer_id"]
-    for scope in scopes:
-        block = state["all"] if scope == "all" else state["channels"][scope]
-        min_events = scope_min_events(scope, settings.segment_min_events)
-        if should_learn(f"{key}/{scope}", state["version"], block["events"], settings.segment_learn_rate, min_events):
-            x = extract_features(state, scope, as_of)
-            await wiring.learn_topic.send(key=scope.encode(), value=orjson.dumps({"scope": scope, "x": x}))
+    for scope in teaching_scopes(state, scopes, settings.segment_learn_rate, settings.segment_min_events):
+        if vectors[scope] is not None:
+            await wiring.learn_topic.send(key=scope.encode(), value=orjson.dumps({"scope": scope, "x": vectors[scope]}))
 
 
 class Learner:

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     segment_learn_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     segment_min_events: int = Field(default=5, ge=1)
     segment_warmup: int = Field(default=1000, ge=10)
-    segment_halflife: float = Field(default=0.05, gt=0.0, le=1.0)
+    segment_halflife: float = Field(default=0.01, gt=0.0, le=1.0)
     segment_snapshot_every: int = Field(default=200, ge=1)
     segment_sweep_seconds: float = Field(default=3600.0, ge=1.0)
     segment_summary_seconds: float = Field(default=60.0, ge=1.0)
