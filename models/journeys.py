@@ -50,9 +50,10 @@ ATTRIBUTION_MODELS = ("first_touch", "last_touch", "linear", "time_decay")
 PASSIVE = frozenset({("email", "sent"), ("email", "bounce"), ("email", "unsubscribe"), ("app", "uninstall"),
                      ("identify", "identify"), ("identify", "alias")})
 
-# Platforms a referral can name: utm_source values and referrer domains (second-level label).
+# Platforms a referral can name (utm_source values, referrer domains): marketplaces and social
+# platforms, the channels a customer can come from. Search engines and ad networks are not channels.
 REFERRAL_CHANNELS = frozenset(
-    MARKETPLACES | {"instagram", "facebook", "tiktok", "pinterest", "youtube", "twitter", "x", "snapchat", "google"}
+    MARKETPLACES | {"instagram", "facebook", "tiktok", "pinterest", "youtube", "twitter", "x", "snapchat"}
 )
 
 
@@ -410,3 +411,42 @@ def split_totals(totals: dict[str, float]) -> dict[str, Any]:
             model, _, channel = rest.partition("|")
             out[kind].setdefault(model, {})[channel] = value
     return out
+
+
+class JourneyBuffer:
+    """Counter entries of many deltas merged by key and day until they are flushed.
+
+    Windows are whole UTC days (daily tumbling, 7-day hopping with a daily step), so the
+    day an entry falls on decides all its windows; entries of days older than
+    ``retention_ms`` before now are *late*: they still count in the all-time totals, not
+    in any window.
+
+    >>> buf = JourneyBuffer(retention_ms=35 * DAY_MS)
+    >>> buf.add([("hop|a>b", DAY_MS + 5, 1.0), ("hop|a>b", DAY_MS + 9, 1.0), ("hop|a>b", 5, 1.0)])
+    >>> buf.drain(now_ms=2 * DAY_MS)
+    [('hop|a>b', 0, 1.0, False), ('hop|a>b', 86400000, 2.0, False)]
+    >>> buf.add([("hop|a>b", 5, 1.0)]); buf.drain(now_ms=40 * DAY_MS)
+    [('hop|a>b', 0, 1.0, True)]
+    """
+
+    def __init__(self, retention_ms: int) -> None:
+        self.retention_ms = retention_ms
+        self.pending: dict[tuple[str, int], float] = {}
+
+    def add(self, entries: Iterable[tuple[str, int, float]]) -> None:
+        for key, ts, value in entries:
+            day = ts - ts % DAY_MS
+            self.pending[(key, day)] = self.pending.get((key, day), 0.0) + value
+
+    def drain(self, now_ms: int) -> list[tuple[str, int, float, bool]]:
+        """Everything buffered as (key, day start, value, late); empties the buffer."""
+        pending, self.pending = self.pending, {}
+        oldest = now_ms - self.retention_ms
+        return [
+            (key, day, round(value, 6), day + DAY_MS <= oldest)
+            for (key, day), value in sorted(pending.items())
+            if abs(value) > 1e-9
+        ]
+
+    def __len__(self) -> int:
+        return len(self.pending)

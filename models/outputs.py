@@ -93,14 +93,24 @@ class SegmentSummaries(BaseModel):
 
 
 class ChannelHop(BaseModel):
-    """On ``profiles.hops`` when a customer's next interaction is on another channel (issue 4)."""
+    """On ``profiles.hops`` when a customer's next interaction, by event time, is on another channel.
+
+    A hop is identified by (``customer_id``, ``from_channel``, ``to_channel``, ``from_ts``, ``ts``).
+    It is published again when it converts (``converted`` turns true: a purchase on the
+    destination channel within the attribution window), and with ``withdrawn`` when a late
+    event lands between its two touches (the late event's own hops are published instead).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     customer_id: str
     from_channel: str
     to_channel: str
-    gap_seconds: float
-    ts: str
+    gap_seconds: float = Field(ge=0, description="event time between the two touches")
+    from_ts: str = Field(description="event time of the touch on from_channel (ISO-8601 UTC)")
+    ts: str = Field(description="event time of the touch on to_channel (ISO-8601 UTC)")
     converted: bool
+    withdrawn: bool = False
 
 
 class DeadLetter(BaseModel):

@@ -25,6 +25,7 @@ import orjson
 from models.events import Limits
 from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
 from models.features import FEATURES
+from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey
 from models.outputs import SCHEMA_VERSION
 from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
@@ -141,7 +142,13 @@ class ModelCache:
         return out
 
 
-async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT) -> None:
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+async def update_profile(
+    wiring: Wiring, models: ModelCache, event: faust.EventT, journeys: JourneyBuffer | None = None
+) -> None:
     """Fold one customer's batch of events into their profile, re-score its segments, emit."""
     key: bytes = event.key
     if event.value == RESCORE:
@@ -150,7 +157,17 @@ async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT
     records = orjson.loads(event.value)
     step = apply_events(wiring.profiles.get(key), key.decode(), records, wiring.settings.dedup_window)
     moves: list[SegmentMove] = []
+    hops: list[Hop] = []
     if step.applied:
+        settings = wiring.settings
+        journey = record_journey(step.state, step.new_records, settings.journey_window_ms, settings.journey_halflife_ms)
+        if journey.changed:
+            step.changed = sorted({*step.changed, "journey"})
+        hops = journey.hops
+        if journeys is not None:
+            journeys.add(journey_entries(journey))
+            if journey.late:
+                journeys.add([("late|touches", now_ms(), float(journey.late))])
         as_of = scoring_time(step.state, now_ms())
         scopes = scopes_of(step.state, {r["channel"] for r in records if r["source"] != "identify"})
         vectors = feature_vectors(step.state, scopes, as_of)
@@ -161,6 +178,60 @@ async def update_profile(wiring: Wiring, models: ModelCache, event: faust.EventT
         await teach(wiring, step.state, scopes, vectors)
     if step.applied or step.replayed_last:
         await publish(wiring, step, moves)
+    for hop in hops:
+        await wiring.hops_topic.send(key=key, value=orjson.dumps(hop_record(key.decode(), hop)))
+
+
+def hop_record(customer_id: str, hop: Hop) -> dict:
+    """A ``ChannelHop`` (models.outputs): new (sign +1), converted since (0) or withdrawn (-1)."""
+    return {
+        "customer_id": customer_id,
+        "from_channel": hop.from_channel,
+        "to_channel": hop.to_channel,
+        "gap_seconds": hop.gap_ms / 1000,
+        "from_ts": iso_ms(hop.from_ts),
+        "ts": iso_ms(hop.ts),
+        "converted": hop.converted,
+        "withdrawn": hop.sign < 0,
+    }
+
+
+async def send_journey_entries(wiring: Wiring, journeys: JourneyBuffer) -> int:
+    """Flush the merged journey deltas: one message per counter and day, timestamped with the day."""
+    entries = journeys.drain(now_ms())
+    for key, day, value, late in entries:
+        raw = key.encode()
+        await wiring.journey_topic.send(
+            key=raw,
+            value=orjson.dumps({"v": value, "late": late}),
+            timestamp=day / 1000,
+            partition=partition_of(raw, wiring.settings.partitions),
+        )
+    return len(entries)
+
+
+async def aggregate_journey(wiring: Wiring, event: faust.EventT) -> None:
+    """Add one counter delta to its windows (by the message's event-time day) and its total."""
+    key = event.key.decode()
+    message = orjson.loads(event.value)
+    value = message["v"]
+    totals = wiring.journey_totals
+    totals[key] += value
+    sink = wiring.journey_sink
+    sink.stage_total(key, totals[key])
+    if message["late"]:
+        # Older than the windows kept: in the totals, and counted, but in no window.
+        totals[f"late|{key}"] += 1
+        sink.stage_total(f"late|{key}", totals[f"late|{key}"])
+        return
+    day_ms = int(event.message.timestamp * 1000)
+    daily = wiring.journey_daily
+    daily[key] += value
+    sink.stage_window("day", day_ms - day_ms % 86_400_000, key, daily[key].value())
+    weekly = wiring.journey_weekly
+    weekly[key] += value
+    for start, end in weekly.table.window.ranges(event.message.timestamp):
+        sink.stage_window("7d", int(start * 1000), key, weekly.table.data.get((key, (start, end)), 0.0))
 
 
 async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
@@ -347,11 +418,21 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     models = ModelCache(wiring)
     learner = Learner(wiring)
     summarizer = Summarizer(wiring)
+    journeys = JourneyBuffer(wiring.settings.journey_retention_ms)
 
     @app.agent(wiring.by_customer_topic, name="update_profiles")
     async def update_profiles(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await guarded(wiring, event, lambda e: update_profile(wiring, models, e))
+            await guarded(wiring, event, lambda e: update_profile(wiring, models, e, journeys))
+
+    @app.agent(wiring.journey_topic, name="aggregate_journeys")
+    async def aggregate_journeys(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await guarded(wiring, event, lambda e: aggregate_journey(wiring, e))
+
+    @app.timer(wiring.settings.journey_flush_seconds, name="flush_journeys")
+    async def flush_journeys() -> None:
+        await send_journey_entries(wiring, journeys)
 
     @app.agent(wiring.learn_topic, name="learn_segments")
     async def learn_segments(stream: faust.StreamT) -> None:
@@ -386,7 +467,10 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     @app.timer(wiring.settings.redis_flush_interval_ms / 1000, name="flush_redis")
     async def flush_redis() -> None:
         await wiring.sink.flush()
+        await wiring.journey_sink.flush()
 
     @app.on_before_shutdown.connect
     async def close_redis(app: faust.App, **kwargs: object) -> None:
+        await send_journey_entries(wiring, journeys)
         await wiring.sink.close()
+        await wiring.journey_sink.close()

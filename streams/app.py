@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import faust
 
 from streams.settings import Settings
-from streams.sinks import RedisLayout, RedisProfileSink
+from streams.sinks import RedisJourneySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
 
 PROFILES_TABLE = "profiles"
@@ -33,9 +35,15 @@ class Wiring:
     summaries_topic: faust.TopicT
     learn_topic: faust.TopicT
     tallies_topic: faust.TopicT
+    hops_topic: faust.TopicT
+    journey_topic: faust.TopicT
     profiles: faust.Table
     segment_models: faust.GlobalTable
+    journey_daily: Any  # windowed tables (faust WindowWrapper): counter -> value per window
+    journey_weekly: Any
+    journey_totals: faust.Table
     sink: RedisProfileSink
+    journey_sink: RedisJourneySink
 
 
 def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -57,6 +65,24 @@ def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
+
+
+def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
+    """The journey counters (transitions, conversions, attribution credit) per event-time
+    window: whole UTC days, and 7 days sliding by a day; plus all-time totals."""
+    day = timedelta(days=1)
+    retention = timedelta(days=settings.journey_retention_days)
+    # key_type str: Faust serialises these tables as JSON (windowed keys are (key, (start, end))).
+    options = {"default": float, "partitions": settings.partitions, "key_type": str, "value_type": float}
+    return {
+        "journey_daily": app.Table("journeys-daily", help="journey counters per day", **options)
+        .tumbling(day, expires=retention)
+        .relative_to_stream(),
+        "journey_weekly": app.Table("journeys-7d", help="journey counters per 7 days, sliding daily", **options)
+        .hopping(7 * day, day, expires=retention)
+        .relative_to_stream(),
+        "journey_totals": app.Table("journeys-total", help="journey counters since the start", **options),
+    }
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -100,6 +126,9 @@ def create_app(settings: Settings) -> faust.App:
         learn_topic=app.topic(names.segment_features, partitions=1, internal=True, **raw),
         # One partition: the per-partition tallies meet in one place to be merged.
         tallies_topic=app.topic(names.segment_tallies, partitions=1, internal=True, **raw),
+        hops_topic=app.topic(names.hops, **raw),
+        # Keyed by counter; each message's timestamp is the event-time day its value belongs to.
+        journey_topic=app.topic(names.journey_deltas, partitions=settings.partitions, internal=True, **raw),
         profiles=app.Table(
             PROFILES_TABLE,
             default=None,
@@ -114,11 +143,18 @@ def create_app(settings: Settings) -> faust.App:
             key_type=bytes,
             help="Segment model snapshots per scope (models.segments, JSON), read by every worker.",
         ),
+        **journey_tables(app, settings),
         sink=RedisProfileSink(
             settings.redis_url,
             RedisLayout(settings.redis_key_prefix),
             socket_timeout=settings.redis_socket_timeout,
             flush_max=settings.redis_flush_max,
+        ),
+        journey_sink=RedisJourneySink(
+            settings.redis_url,
+            RedisLayout(settings.redis_key_prefix),
+            settings.journey_retention_days,
+            socket_timeout=settings.redis_socket_timeout,
         ),
     )
     from streams.agents import register_agents

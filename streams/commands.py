@@ -386,6 +386,11 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
     ))
 
     print_segments(client, layout, profiles, truth)
+    counters = {k.decode(): float(v) for k, v in client.hgetall(layout.journeys()).items()}
+    if counters:
+        print()
+        print(format_journeys("since the start", counters))
+        print("(the same tables: omniprofile hops; a 7-day window: omniprofile hops --window 7d)")
     raw = client.hget(layout.segment_summaries(), "all")
     if raw:
         print()
@@ -508,6 +513,96 @@ def cmd_segments(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- hops ------------------------------------------------------------------------------------
+
+
+def read_journeys(settings: Settings, window: str, day: str | None) -> tuple[str, dict[str, float]]:
+    """(title, counters) of the journey view asked for, from Redis."""
+    import redis as redis_lib
+
+    from streams.sinks import RedisLayout
+
+    layout = RedisLayout(settings.redis_key_prefix)
+    if window == "all":
+        name, title = layout.journeys(), "since the start"
+    else:
+        today = datetime.now(timezone.utc).date()
+        start = datetime.fromisoformat(day).date() if day else today - timedelta(days=6 if window == "7d" else 0)
+        name = layout.journey_window(window, start.isoformat())
+        span = 7 if window == "7d" else 1
+        title = f"event time {start.isoformat()} to {(start + timedelta(days=span - 1)).isoformat()}"
+    client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    try:
+        raw = client.hgetall(name)
+    except redis_lib.RedisError as exc:
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+    finally:
+        client.close()
+    return title, {k.decode(): float(v) for k, v in raw.items()}
+
+
+def format_journeys(title: str, counters: dict[str, float], top: int = 8) -> str:
+    """The transition matrix, conversion by hop and attribution by model, as tables."""
+    from models.journeys import ATTRIBUTION_MODELS, split_totals
+
+    views = split_totals(counters)
+    transitions, conversions = views["transitions"], views["conversions"]
+    traffic: collections.Counter = collections.Counter()
+    for (a, b), n in transitions.items():
+        traffic[a] += n
+        traffic[b] += n
+    channels = [c for c, _ in traffic.most_common(top)]
+    matrix = [[a] + [int(transitions.get((a, b), 0)) for b in channels] for a in channels]
+    parts = [format_table(["from \\ to", *channels], matrix,
+                          title=f"== channel hops, {title} (top {len(channels)} channels) ==")]
+    pairs = sorted(transitions.items(), key=lambda kv: -kv[1])[:15]
+    parts.append(format_table(
+        ["hop", "hops", "converted", "conversion rate"],
+        [[f"{a} > {b}", int(n), int(conversions.get((a, b), 0)), f"{100 * conversions.get((a, b), 0) / n:.1f}%"]
+         for (a, b), n in pairs if n > 0],
+        title="== hops and their conversion (a purchase on the destination within the window) ==",
+    ))
+    credit, revenue = views["credit"], views["revenue"]
+    names = sorted({c for model in credit.values() for c in model}, key=lambda c: -credit.get("linear", {}).get(c, 0))
+    rows = [
+        [c, *(round(credit.get(m, {}).get(c, 0.0), 1) for m in ATTRIBUTION_MODELS),
+         int(credit.get("assists", {}).get(c, 0)), round(revenue.get("linear", {}).get(c, 0.0), 2)]
+        for c in names
+    ]
+    parts.append(format_table(
+        ["channel", *(m.replace("_", " ") for m in ATTRIBUTION_MODELS), "assists", "revenue (linear)"], rows,
+        title="== attribution: conversions credited per channel ==",
+    ))
+    late = sum(v for k, v in counters.items() if k.startswith("late|"))
+    if late:
+        parts.append(f"late (older than the windows kept, or than a customer's kept timeline): {int(late):,}")
+    return "\n\n".join(parts)
+
+
+def cmd_hops(args: argparse.Namespace) -> int:
+    """Print the channel transition matrix, conversions and attribution from Redis."""
+    settings = load_settings()
+    title, counters = read_journeys(settings, args.window, args.date)
+    if not counters:
+        print(f"no journey counters for this window ({title}) in Redis at {settings.redis_url}", file=sys.stderr)
+        return 1
+    if args.json:
+        from models.journeys import split_totals
+
+        views = split_totals(counters)
+        out = {
+            "window": args.window, "title": title,
+            "transitions": {f"{a}>{b}": n for (a, b), n in views["transitions"].items()},
+            "conversions": {f"{a}>{b}": n for (a, b), n in views["conversions"].items()},
+            "credit": views["credit"], "revenue": views["revenue"],
+            "late": sum(v for k, v in counters.items() if k.startswith("late|")),
+        }
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return 0
+    print(format_journeys(title, counters, args.top))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="seeded synthetic events with ground truth, to a file or the topics")
     p.add_argument("--customers", type=int, default=1000)
@@ -525,6 +620,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="all", help="'all' (default), a channel, or '*' for every scope")
     p.add_argument("--json", action="store_true", help="the SegmentSummaries documents as JSON")
     p.set_defaults(func=cmd_segments)
+
+    p = sub.add_parser("hops", help="channel hops, conversions and attribution from Redis")
+    p.add_argument("--window", choices=["all", "7d", "day"], default="all",
+                   help="all-time totals (default), a 7-day window or one day, by event time")
+    p.add_argument("--date", help="first day of the window (YYYY-MM-DD); default: the window ending today")
+    p.add_argument("--top", type=int, default=8, help="channels in the matrix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hops)
 
     p = sub.add_parser("demo", help="run everything on this machine: broker, Redis, worker, events, summary")
     p.add_argument("--customers", type=int, default=2000)

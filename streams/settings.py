@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     segment_sweep_seconds: float = Field(default=3600.0, ge=1.0)
     segment_summary_seconds: float = Field(default=60.0, ge=1.0)
     dedup_window: int = Field(default=256, ge=0, le=100_000)
+    journey_window_days: float = Field(default=7.0, gt=0.0, le=90.0)
+    journey_halflife_hours: float = Field(default=24.0, gt=0.0)
+    journey_retention_days: int = Field(default=35, ge=8, le=3650)
+    journey_flush_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -124,6 +128,18 @@ class Settings(BaseSettings):
     @property
     def bootstrap_list(self) -> list[str]:
         return self.kafka_bootstrap_servers.split(",")
+
+    @property
+    def journey_window_ms(self) -> int:
+        return int(self.journey_window_days * 86_400_000)
+
+    @property
+    def journey_halflife_ms(self) -> int:
+        return int(self.journey_halflife_hours * 3_600_000)
+
+    @property
+    def journey_retention_ms(self) -> int:
+        return self.journey_retention_days * 86_400_000
 
     @property
     def uses_development_hash_key(self) -> bool:

@@ -45,6 +45,19 @@ class RedisLayout:
     def segment_sizes(self, scope: str) -> str:
         return f"{self.prefix}segments:{scope}"
 
+    def hops(self) -> str:
+        """Hash ``from>to`` -> hops counted since the start (the contract's transition counts)."""
+        return f"{self.prefix}hops"
+
+    def journeys(self) -> str:
+        """Hash counter -> total since the start: ``hop|a>b``, ``conv|a>b``, ``credit|model|channel``,
+        ``revenue|model|channel``, ``late|...``."""
+        return f"{self.prefix}journeys"
+
+    def journey_window(self, kind: str, day: str) -> str:
+        """Hash counter -> value in the window ``kind`` (``day`` or ``7d``) starting on ``day`` (YYYY-MM-DD)."""
+        return f"{self.prefix}journeys:{kind}:{day}"
+
     def segment_summaries(self) -> str:
         """Hash scope -> the scope's ``SegmentSummaries`` JSON (the latest published)."""
         return f"{self.prefix}segment-summaries"
@@ -176,6 +189,66 @@ class RedisProfileSink:
         if gone:
             pipe.hdel(key, *sorted(gone))
         await pipe.execute()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class RedisJourneySink:
+    """Stages the journey counters the aggregator has just updated; one pipeline per flush.
+
+    Values are the tables' current values (HSET, not HINCRBY), so a replayed delta rewrites the
+    same number. Window hashes expire with the retention of the windowed tables.
+    """
+
+    def __init__(self, url: str, layout: RedisLayout, retention_days: int, socket_timeout: float = 5.0) -> None:
+        self.url = url
+        self.layout = layout
+        self.retention_s = retention_days * 86_400
+        self.socket_timeout = socket_timeout
+        self._totals: dict[str, float] = {}
+        self._windows: dict[tuple[str, str], dict[str, float]] = {}
+        self._client: aioredis.Redis | None = None
+        self._lock = asyncio.Lock()
+
+    def stage_total(self, key: str, value: float) -> None:
+        self._totals[key] = value
+
+    def stage_window(self, kind: str, start_ms: int, key: str, value: float) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime(start_ms / 1000))
+        self._windows.setdefault((kind, day), {})[key] = value
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._totals and not self._windows:
+                return
+            totals, self._totals = self._totals, {}
+            windows, self._windows = self._windows, {}
+            try:
+                if self._client is None:
+                    self._client = connect(self.url, self.socket_timeout)
+                pipe = self._client.pipeline(transaction=False)
+                if totals:
+                    pipe.hset(self.layout.journeys(), mapping={k: repr(round(v, 6)) for k, v in totals.items()})
+                    hops = {k[4:]: repr(round(v, 6)) for k, v in totals.items() if k.startswith("hop|")}
+                    if hops:
+                        pipe.hset(self.layout.hops(), mapping=hops)
+                for (kind, day), values in windows.items():
+                    name = self.layout.journey_window(kind, day)
+                    pipe.hset(name, mapping={k: repr(round(v, 6)) for k, v in values.items()})
+                    pipe.expire(name, self.retention_s)
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                for key, value in totals.items():
+                    self._totals.setdefault(key, value)
+                for window, values in windows.items():
+                    held = self._windows.setdefault(window, {})
+                    for key, value in values.items():
+                        held.setdefault(key, value)
+                log.warning("Redis flush of journey counters failed (%s: %s); keeping them", type(exc).__name__, exc)
 
     async def close(self) -> None:
         await self.flush()

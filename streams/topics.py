@@ -65,6 +65,11 @@ class TopicNames:
         return f"{self.prefix}omniprofile.segment-tallies"
 
     @property
+    def journey_deltas(self) -> str:
+        """Internal: journey counter deltas keyed by counter, for the windowed journey tables."""
+        return f"{self.prefix}omniprofile.journey-deltas"
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         return (self.updates, self.segments, self.segment_summaries, self.hops, self.deadletter)
 
