@@ -76,10 +76,17 @@ class SegmentPersona(BaseModel):
     store_visitor_share: float = Field(ge=0, le=1)
     social_share: float = Field(ge=0, le=1, description="members with social interactions")
     group_shares: dict[str, float] = Field(description="share of events per channel family")
+    segments: list[NamedShare] = Field(
+        default_factory=list, description="scope 'movers': the members' segments in the merged scope"
+    )
 
 
 class SegmentSummaries(BaseModel):
-    """On ``profiles.segment-summaries`` (compacted), keyed by scope: the personas of its segments."""
+    """On ``profiles.segment-summaries`` (compacted), keyed by scope: the personas of its segments.
+
+    Scope ``movers`` holds the customers who moved between channels, one entry per channel pair
+    (``segment`` is the pair, ``from>to``); a customer counts in every pair they moved through.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -52,7 +52,7 @@ _SUMS = (
     "email_sent", "email_open", "email_click", "email_reached", "app_users", "app_opens",
     "store_visitors", "social_users",
 )
-_COUNTERS = ("channels", "groups", "interests", "age_bands", "devices")
+_COUNTERS = ("channels", "groups", "interests", "age_bands", "devices", "segments")
 
 GROUP_NOUNS = {
     "web": "web shoppers",
@@ -130,13 +130,28 @@ def tally_member(counts: dict[str, Any], state: State, scope: str, as_of_ms: int
         _add(counts["devices"], _top_keys(act["devices"], 1)[0])
 
 
+MOVERS = "movers"
+
+
 def tally_members(states: Iterable[State], as_of_ms: int) -> Tally:
-    """Counts per scope and segment over ``states`` (each profile counts in every scope it has a segment in)."""
+    """Counts per scope and segment over ``states`` (each profile counts in every scope it has a segment in).
+
+    Scope :data:`MOVERS` groups customers by the channel pairs they hopped between
+    (``journey.hops``; a customer counts once in every pair they moved through), with their
+    merged activity and the segment they fall in.
+    """
     tally: Tally = {}
     for state in states:
         for scope, segment in (state.get("segments") or {}).items():
             counts = tally.setdefault(scope, {}).setdefault(segment, _new_counts())
             tally_member(counts, state, scope, as_of_ms)
+        for pair, n in ((state.get("journey") or {}).get("hops") or {}).items():
+            if n > 0:
+                counts = tally.setdefault(MOVERS, {}).setdefault(pair, _new_counts())
+                tally_member(counts, state, "all", as_of_ms)
+                segment = (state.get("segments") or {}).get("all")
+                if segment:
+                    _add(counts["segments"], segment)
     for segments in tally.values():
         for counts in segments.values():
             _cap_counters(counts)
@@ -208,6 +223,7 @@ def describe(counts: Mapping[str, Any], scope_members: int) -> SegmentSummary:
         "store_visitor_share": _ratio(c["store_visitors"], members),
         "social_share": _ratio(c["social_users"], members),
         "group_shares": {g: _ratio(c["groups"].get(g, 0), sum(c["groups"].values())) for g in CHANNEL_GROUPS},
+        "segments": _shares(c["segments"], members),
     }
 
 
@@ -260,7 +276,7 @@ def label_segment(segment: SegmentSummary, base: SegmentSummary, scope: str) -> 
 
 
 def _noun(segment: SegmentSummary, base: SegmentSummary, scope: str) -> str:
-    if scope == "all":
+    if scope in ("all", MOVERS):
         shares = segment["group_shares"]
         # The family this segment leans on most, relative to the whole base.
         group = max(

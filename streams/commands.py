@@ -226,6 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # Short periods, so that the few minutes of the demo see sweeps and persona summaries.
             "OMNIPROFILE_SEGMENT_SWEEP_SECONDS": str(DEMO_SWEEP_SECONDS),
             "OMNIPROFILE_SEGMENT_SUMMARY_SECONDS": str(DEMO_SUMMARY_SECONDS),
+            "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",  # Tansu misreports end offsets
         }
         settings = load_settings(
             kafka_bootstrap_servers=broker.bootstrap, redis_url=redis.url, partitions=args.partitions
@@ -391,6 +392,11 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
         print()
         print(format_journeys("since the start", counters))
         print("(the same tables: omniprofile hops; a 7-day window: omniprofile hops --window 7d)")
+    raw = client.hget(layout.segment_summaries(), "movers")
+    if raw:
+        print()
+        print(format_summaries(orjson.loads(raw), limit=10))
+        print("(all pairs: omniprofile segments --scope movers)")
     raw = client.hget(layout.segment_summaries(), "all")
     if raw:
         print()
@@ -447,24 +453,28 @@ def _names(items: list[dict], n: int = 2) -> str:
     return ", ".join(f"{i['name']} {round(100 * i['share'])}%" for i in items[:n]) or "-"
 
 
-def format_summaries(document: dict[str, Any]) -> str:
-    """The persona table of one scope's ``SegmentSummaries``."""
+def format_summaries(document: dict[str, Any], limit: int | None = None) -> str:
+    """The persona table of one scope's ``SegmentSummaries`` (the ``limit`` largest segments)."""
+    movers = document["scope"] == "movers"
     rows = [
         [
             s["segment"], s["label"], s["size"], f"{100 * s['share']:.1f}%", _names(s["top_channels"]),
             _names(s["top_interests"]), s["age_band"] or "-", _names(s["devices"], 1), s["avg_spend"],
             f"{100 * s['discount_share']:.0f}%", f"{100 * s['email_open_rate']:.0f}%",
             f"{100 * s['app_user_share']:.0f}%",
+            *([_names(s.get("segments", []))] if movers else []),
         ]
-        for s in document["segments"]
+        for s in document["segments"][:limit]
     ]
+    what = "movers by channel pair (a customer counts in every pair)" if movers else f"segments, scope {document['scope']}"
     title = (
-        f"== segments, scope {document['scope']}: {document['customers']:,} customers "
+        f"== {what}: {document['customers']:,} {'memberships' if movers else 'customers'} "
         f"({document['ts']}, {document['partitions_reported']}/{document['partitions']} partitions) =="
     )
     return format_table(
-        ["segment", "label", "size", "share", "top channels (events)", "top interests (members)", "age",
-         "main device", "avg spend", "disc. orders", "email opens", "app users"],
+        ["hop" if movers else "segment", "label", "size", "share", "top channels (events)", "top interests (members)",
+         "age", "main device", "avg spend", "disc. orders", "email opens", "app users",
+         *(["their segments"] if movers else [])],
         rows, title=title,
     )
 

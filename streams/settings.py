@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     segment_sweep_seconds: float = Field(default=3600.0, ge=1.0)
     segment_summary_seconds: float = Field(default=60.0, ge=1.0)
     dedup_window: int = Field(default=256, ge=0, le=100_000)
+    recovery_consistency_check: bool = True
     journey_window_days: float = Field(default=7.0, gt=0.0, le=90.0)
     journey_halflife_hours: float = Field(default=24.0, gt=0.0)
     journey_retention_days: int = Field(default=35, ge=8, le=3650)

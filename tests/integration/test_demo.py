@@ -45,7 +45,8 @@ def test_demo_runs_end_to_end_and_prints_a_summary():
     proc = demo("--customers", "150")
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
-    for section in ("== run ==", "== per channel ==", "== one sample profile per persona ==", "== dead letters =="):
+    for section in ("== run ==", "== per channel ==", "== one sample profile per persona ==", "== dead letters ==",
+                    "== segments (scope: all) ==", "== channel hops, since the start", "== attribution:"):
         assert section in out
     published = int(re.search(r"events published\s+([\d,]+)", out).group(1).replace(",", ""))
     invalid = int(re.search(r"invalid messages published\s+([\d,]+)", out).group(1).replace(",", ""))
@@ -53,6 +54,9 @@ def test_demo_runs_end_to_end_and_prints_a_summary():
     profiles = int(re.search(r"\nprofiles\s+([\d,]+)", out).group(1).replace(",", ""))
     in_redis = int(re.search(r"profiles in Redis\s+([\d,]+)", out).group(1).replace(",", ""))
     assert published > 1000 and dead == invalid > 0 and profiles == in_redis > 150
+    # Every profile has a segment in the merged scope, and the persona summary counts them all.
+    summarized = int(re.search(r"== segments, scope all: ([\d,]+) customers", out).group(1).replace(",", ""))
+    assert summarized == profiles
     assert "processing" in err  # progress was shown
 
 

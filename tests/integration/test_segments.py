@@ -509,6 +509,14 @@ def test_persona_summaries_match_the_profiles_on_the_topic_in_redis_and_in_the_c
     cutoff = (datetime.fromisoformat(last_update.replace("Z", "+00:00")) + timedelta(seconds=2 * SUMMARY_SECONDS + 1))
     cutoff_iso = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     scopes = {scope for p in profiles.values() for scope in p["segments"]}
+    # Customers who hopped between channels are summarised per channel pair, under scope 'movers'.
+    movers: dict[str, int] = {}
+    for p in profiles.values():
+        for pair, n in p["journey"]["hops"].items():
+            if n > 0:
+                movers[pair] = movers.get(pair, 0) + 1
+    if movers:
+        scopes = scopes | {"movers"}
 
     def fresh() -> dict[str, dict]:
         return {s: d for s, d in world.outputs.latest_summaries().items() if d["ts"] > cutoff_iso}
@@ -517,7 +525,10 @@ def test_persona_summaries_match_the_profiles_on_the_topic_in_redis_and_in_the_c
                f"have {sorted(fresh())}", timeout=30)
     groups = membership(profiles)
     latest = world.outputs.latest_summaries()
-    assert set(latest) == scopes  # 'all' and every channel with segments, nothing else
+    assert set(latest) == scopes  # 'all', every channel with segments, and the movers, nothing else
+    if movers:
+        assert {r["segment"]: r["size"] for r in latest["movers"]["segments"]} == movers
+    scopes.discard("movers")
     for scope in scopes:
         check_summary(latest[scope], groups[scope], profiles)
 
@@ -528,6 +539,7 @@ def test_persona_summaries_match_the_profiles_on_the_topic_in_redis_and_in_the_c
                     client.hgetall(f"{world.stack.settings.redis_key_prefix}segment-summaries").items()}
     finally:
         client.close()
+    in_redis.pop("movers", None)
     assert set(in_redis) == scopes
     assert len({d["ts"] for d in in_redis.values()}) == 1, "the hash mixes publications"
 
@@ -548,7 +560,8 @@ def test_persona_summaries_match_the_profiles_on_the_topic_in_redis_and_in_the_c
     )
     assert out.returncode == 0, out.stderr.decode()
     printed = orjson.loads(out.stdout)
-    assert set(printed) == scopes
+    assert set(printed) == scopes | ({"movers"} if movers else set())
+    printed.pop("movers", None)
     world.wait(lambda: on_topic(printed), lambda: "the printed summaries on the topic", timeout=20)
     published = {(d["scope"], d["ts"]): d for d in world.outputs.summaries}
     for scope, doc in printed.items():

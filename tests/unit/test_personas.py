@@ -179,3 +179,29 @@ def test_age_bands():
     assert [age_band(a) for a in (0, 18, 24.9, 25, 64, 65, 120)] == [
         "under 18", "18-24", "18-24", "25-34", "55-64", "65+", "65+"]
     assert age_band("40") is None and age_band(True) is None and age_band(-1) is None
+
+
+def test_movers_are_grouped_by_the_channel_pairs_they_moved_through():
+    from models.journeys import record_journey
+    from models.personas import MOVERS
+
+    def visit(cid, i, ts, channel, revenue=None):
+        etype = "purchase" if revenue else "page_view"
+        return {"event_id": f"{cid}-{i}", "source": "clickstream", "type": etype, "ts": ts, "customer_id": cid,
+                "anonymous_id": None, "email_hash": None, "channel": channel, "device": "desktop",
+                "properties": {"revenue": revenue} if revenue else {}}
+
+    paths = {"a": ["amazon", "web"], "b": ["amazon", "web", "amazon"], "c": ["web"], "d": ["ebay", "amazon"]}
+    states = []
+    for cid, channels in paths.items():
+        recs = [visit(cid, i, 1_795_000_000_000 + i * 60_000, ch, 30.0 if i == len(channels) - 1 else None)
+                for i, ch in enumerate(channels)]
+        state = apply_events(None, cid, recs).state
+        record_journey(state, recs)
+        state["segments"] = {"all": "s1" if cid in "ab" else "s0"}
+        states.append(state)
+    movers = {r["segment"]: r for r in summarize(tally_members(states, 1_795_000_600_000))[MOVERS]}
+    # Pairs by hand: a amazon>web; b amazon>web, web>amazon; d ebay>amazon; c never moved.
+    assert {pair: row["size"] for pair, row in movers.items()} == {"amazon>web": 2, "web>amazon": 1, "ebay>amazon": 1}
+    assert movers["amazon>web"]["segments"] == [{"name": "s1", "share": 1.0}]
+    assert movers["amazon>web"]["avg_spend"] == 30.0
