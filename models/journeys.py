@@ -271,6 +271,10 @@ def _credit_changes(before: list, after: list, fresh: list, window_ms: int, half
                 c = changes.setdefault((model, channel, purchase[0]), [0.0, 0.0])
                 c[0] += sign * value
                 c[1] += sign * value * revenue if model != "assists" else 0.0
+            # The converting path itself: the channels of the window, in order, repeats collapsed.
+            c = changes.setdefault(("path", ">".join(_collapse([t[2] for t in path])), purchase[0]), [0.0, 0.0])
+            c[0] += sign
+            c[1] += sign * revenue
     return [
         Credit(model, channel, ts, round(credit, 4), round(revenue, 2))
         for (model, channel, ts), (credit, revenue) in sorted(changes.items())
@@ -372,7 +376,8 @@ def _collapse(channels: list[str]) -> list[str]:
 
 def journey_entries(delta: JourneyDelta) -> list[tuple[str, int, float]]:
     """Counter entries of a delta: ``hop|a>b``, ``conv|a>b``, ``credit|model|channel``,
-    ``revenue|model|channel`` (``assists`` is a model with credit 1 per assisted purchase).
+    ``revenue|model|channel`` (``assists`` is a model with credit 1 per assisted purchase;
+    ``path`` counts purchases by their converting path, ``credit|path|a>b>c``).
 
     >>> d = JourneyDelta(hops=[Hop("amazon", "web", 0, 5, 5, True, 1)],
     ...                  credits=[Credit("linear", "web", 9, 0.5, 10.0)])

@@ -573,6 +573,7 @@ def format_journeys(title: str, counters: dict[str, float], top: int = 8) -> str
         title="== hops and their conversion (a purchase on the destination within the window) ==",
     ))
     credit, revenue = views["credit"], views["revenue"]
+    paths = credit.pop("path", {})
     names = sorted({c for model in credit.values() for c in model}, key=lambda c: -credit.get("linear", {}).get(c, 0))
     rows = [
         [c, *(round(credit.get(m, {}).get(c, 0.0), 1) for m in ATTRIBUTION_MODELS),
@@ -582,6 +583,14 @@ def format_journeys(title: str, counters: dict[str, float], top: int = 8) -> str
     parts.append(format_table(
         ["channel", *(m.replace("_", " ") for m in ATTRIBUTION_MODELS), "assists", "revenue (linear)"], rows,
         title="== attribution: conversions credited per channel ==",
+    ))
+    top_paths = sorted(((p, n) for p, n in paths.items() if n > 0), key=lambda kv: -kv[1])[:10]
+    total = sum(n for n in paths.values() if n > 0)
+    parts.append(format_table(
+        ["channels touched before the purchase (window)", "purchases", "share", "revenue"],
+        [[p.replace(">", " > "), int(n), f"{100 * n / total:.1f}%", round(revenue.get("path", {}).get(p, 0.0), 2)]
+         for p, n in top_paths],
+        title="== converting paths ==",
     ))
     late = sum(v for k, v in counters.items() if k.startswith("late|"))
     if late:

@@ -46,7 +46,8 @@ def test_demo_runs_end_to_end_and_prints_a_summary():
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
     for section in ("== run ==", "== per channel ==", "== one sample profile per persona ==", "== dead letters ==",
-                    "== segments (scope: all) ==", "== channel hops, since the start", "== attribution:"):
+                    "== segments (scope: all) ==", "== channel hops, since the start", "== attribution:",
+                    "== converting paths =="):
         assert section in out
     published = int(re.search(r"events published\s+([\d,]+)", out).group(1).replace(",", ""))
     invalid = int(re.search(r"invalid messages published\s+([\d,]+)", out).group(1).replace(",", ""))

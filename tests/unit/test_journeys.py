@@ -79,6 +79,9 @@ def oracle(events: list[dict]):
             shares[("time_decay", t[2])] += wt / sum(w)
         for c in {t[2] for t in path} - {p[2]}:
             shares[("assists", c)] += 1
+        channels = [t[2] for t in path]
+        collapsed = [c for i, c in enumerate(channels) if i == 0 or channels[i - 1] != c]
+        shares[("path", ">".join(collapsed))] += 1
         for k, v in shares.items():
             credit[k] += v
             if k[0] != "assists":
