@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"faust", "aiokafka", "kafka", "redis", "mode"}
 CORE_MODULES = (
     "models.events", "models.ingest", "models.profile", "models.view", "models.outputs", "models.synthetic",
-    "models.features", "models.segments", "models.segmentation", "models.personas",
+    "models.features", "models.segments", "models.segmentation", "models.personas", "models.journeys",
+    "models.identity",
 )
 
 

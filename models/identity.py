@@ -1,0 +1,165 @@
+"""The identity graph: which identifiers belong to one customer, and what merging them means.
+
+Identifiers are namespaced strings: ``cid:<customer_id>``, ``anon:<anonymous_id>``,
+``email:<keyed hash>``, ``device:<id>``, ``social:<platform>:<handle>``. Identifiers that
+appear on one event (or are linked by ``identify`` / ``alias``) belong to one *group*; each
+group has a canonical id, the key its profile lives under: the customer id when the group
+has one, else the oldest identifier's key.
+
+:func:`link` folds one event's identifiers into the graph and says what happened: the
+canonical id the event belongs to, the groups it merged (absorbed canonical id ->
+surviving one) and the merges it refused. Guardrails: two known customer ids never share
+a group (a shared device or a typo must not fuse two customers: the link is refused and
+reported as a conflict); blocked placeholder values never link anything; a group never
+grows past ``max_identifiers``.
+
+This is the pure logic (issue 5 groundwork); the streaming plumbing is not built yet.
+
+Examples
+--------
+>>> graph = new_graph()
+>>> link(graph, ["anon:a1"], ts=1).canonical
+'anon:a1'
+>>> r = link(graph, ["cid:c-7", "anon:a1"], ts=2)   # login: the anonymous history joins c-7
+>>> r.canonical, r.merges
+('c-7', [('anon:a1', 'c-7')])
+>>> r = link(graph, ["cid:c-8", "anon:a1"], ts=3)   # the same device, another customer
+>>> r.canonical, r.conflicts
+('c-8', [('anon:a1', 'c-7', 'c-8')])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+Graph = dict[str, Any]
+
+# Placeholder values that clients send instead of an identifier; they must never link two customers.
+BLOCKED_VALUES = frozenset({"", "null", "none", "nil", "undefined", "anonymous", "unknown", "0", "-1", "n/a",
+                            "na", "test", "guest", "[object object]"})
+DEFAULT_MAX_IDENTIFIERS = 50
+
+
+def identifier(kind: str, value: Any, blocked: frozenset[str] = BLOCKED_VALUES) -> str | None:
+    """The namespaced identifier, or None for a missing or blocked value.
+
+    >>> identifier("anon", " A1 "), identifier("cid", "undefined"), identifier("social:instagram", "@Shop")
+    ('anon:A1', None, 'social:instagram:shop')
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() in blocked:
+        return None
+    if kind.startswith("social:"):
+        text = text.lstrip("@").lower()  # handles are case-insensitive
+        if not text:
+            return None
+    return f"{kind}:{text}"
+
+
+def canonical_key(ident: str) -> str:
+    """The profile key of a group led by ``ident`` (a customer id is used bare).
+
+    >>> canonical_key("cid:c-1"), canonical_key("anon:x")
+    ('c-1', 'anon:x')
+    """
+    return ident[4:] if ident.startswith("cid:") else ident
+
+
+@dataclass(slots=True)
+class LinkResult:
+    canonical: str | None
+    merges: list[tuple[str, str]] = field(default_factory=list)  # (absorbed canonical, surviving canonical)
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (identifier, its canonical, refused)
+    capped: list[str] = field(default_factory=list)  # identifiers left out: the group was full
+
+
+def new_graph() -> Graph:
+    """``ids``: identifier -> group; ``groups``: group -> members, customer id and first time seen."""
+    return {"ids": {}, "groups": {}}
+
+
+def _group_of(graph: Graph, ident: str) -> str | None:
+    return graph["ids"].get(ident)
+
+
+def _new_group(graph: Graph, ident: str, ts: int) -> str:
+    group = canonical_key(ident)
+    graph["groups"][group] = {"members": [ident], "customer_id": group if ident.startswith("cid:") else None,
+                              "first_ts": ts}
+    graph["ids"][ident] = group
+    return group
+
+
+def _survivor(graph: Graph, groups: Iterable[str]) -> str:
+    """The group that keeps its canonical id: the one with a customer id, else the oldest."""
+    return min(groups, key=lambda g: (graph["groups"][g]["customer_id"] is None, graph["groups"][g]["first_ts"], g))
+
+
+def link(graph: Graph, identifiers: Iterable[str | None], ts: int,
+         max_identifiers: int = DEFAULT_MAX_IDENTIFIERS) -> LinkResult:
+    """Fold one event's identifiers into ``graph`` (in place) and say what it did."""
+    idents = sorted({i for i in identifiers if i})
+    if not idents:
+        return LinkResult(None)
+    result = LinkResult(None)
+    # The event's own customer id decides where it goes when its identifiers disagree.
+    own = next((i for i in idents if i.startswith("cid:")), None)
+    known = [i for i in idents if _group_of(graph, i) is not None]
+    groups = sorted({_group_of(graph, i) for i in known})
+    customer_ids = {graph["groups"][g]["customer_id"] for g in groups} - {None}
+    customer_ids |= {canonical_key(i) for i in idents if i.startswith("cid:")}
+    if len(customer_ids) > 1:
+        # Never fuse two known customers: the event's own (first) customer id keeps it; the
+        # others stay where they are, each in a group of its own.
+        target = canonical_key(own) if own else sorted(customer_ids)[0]
+        for ident in idents:
+            if ident.startswith("cid:") and _group_of(graph, ident) is None:
+                _new_group(graph, ident, ts)
+        for ident in idents:
+            g = _group_of(graph, ident)
+            if g is not None and graph["groups"][g]["customer_id"] not in (None, target):
+                result.conflicts.append((ident, g, target))
+        groups = sorted({_group_of(graph, i) for i in idents if _group_of(graph, i) is not None})
+        mergeable = [g for g in groups if graph["groups"][g]["customer_id"] in (None, target)]
+        fresh = [i for i in idents if _group_of(graph, i) is None]
+        result.canonical = _merge_into(graph, target, mergeable, fresh, ts, max_identifiers, result)
+        return result
+    if own is not None and _group_of(graph, own) is None:
+        groups = sorted({*groups, _new_group(graph, own, ts)})
+    if not groups:
+        groups = [_new_group(graph, idents[0], ts)]
+    survivor = _survivor(graph, groups)
+    fresh = [i for i in idents if _group_of(graph, i) is None]
+    result.canonical = _merge_into(graph, survivor, groups, fresh, ts, max_identifiers, result)
+    return result
+
+
+def _merge_into(graph: Graph, survivor: str, groups: list[str], fresh: list[str], ts: int,
+                max_identifiers: int, result: LinkResult) -> str:
+    target = graph["groups"][survivor]
+    target["first_ts"] = min(target["first_ts"], ts)
+    for g in groups:
+        if g == survivor:
+            continue
+        absorbed = graph["groups"][g]
+        if len(target["members"]) + len(absorbed["members"]) > max_identifiers:
+            result.capped.extend(absorbed["members"])
+            continue
+        for ident in absorbed["members"]:
+            graph["ids"][ident] = survivor
+        target["members"] = sorted(set(target["members"]) | set(absorbed["members"]))
+        target["first_ts"] = min(target["first_ts"], absorbed["first_ts"])
+        target["customer_id"] = target["customer_id"] or absorbed["customer_id"]
+        del graph["groups"][g]
+        result.merges.append((g, survivor))
+    for ident in fresh:
+        if len(target["members"]) >= max_identifiers:
+            result.capped.append(ident)
+            continue
+        graph["ids"][ident] = survivor
+        target["members"] = sorted({*target["members"], ident})
+    return survivor
