@@ -23,10 +23,11 @@ Examples
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from models.features import extract_features
+from models.features import FEATURES, extract_features
 from models.profile import State
 from models.segments import SegmentModel
 
@@ -139,3 +140,104 @@ def should_learn(key: str, version: int, events: int, rate: float, min_events: i
     if events < min_events or rate <= 0:
         return False
     return zlib.crc32(f"{key}:{version}".encode()) < rate * 0x1_0000_0000
+
+
+# --- sharing models: one learner, many scorers -------------------------------------------------
+
+
+def model_factory(n_segments: int, halflife: float, warmup: int) -> Callable[[str], SegmentModel]:
+    """A new, empty model for a scope (its warmup from :func:`scope_warmup`)."""
+    return lambda scope: SegmentModel(
+        n_segments=n_segments, features=tuple(FEATURES), halflife=halflife,
+        warmup=scope_warmup(scope, warmup, n_segments),
+    )
+
+
+class SegmentLearner:
+    """The one learner: a model per scope, and when a snapshot of it is due for the scorers.
+
+    A snapshot (:meth:`SegmentModel.to_json`) is due when a model is (re)seeded, and after
+    ``snapshot_every`` more vectors. :meth:`learn` and :meth:`seed_small_scopes` return the
+    snapshots to share; where they are kept (a global table, a dict) is the caller's business.
+    ``stored`` gives the last shared snapshot of a scope, from which a restarted learner resumes.
+
+    >>> shared = {}
+    >>> learner = SegmentLearner(model_factory(2, 0.01, 4), shared.get, snapshot_every=100)
+    >>> for v in (1.0, 2.0, 50.0):
+    ...     assert learner.learn("all", {"events": v}) is None
+    >>> shared.update(learner.seed_small_scopes(["all"]))   # the sweep: seeded early
+    >>> shared["all"]["provisional"]
+    True
+    >>> learner.learn("all", {"events": 51.0})["provisional"]   # 4 buffered: seeded for good
+    False
+    """
+
+    def __init__(
+        self,
+        new_model: Callable[[str], SegmentModel],
+        stored: Callable[[str], Mapping[str, Any] | None],
+        snapshot_every: int,
+    ) -> None:
+        self.new_model = new_model
+        self.stored = stored
+        self.snapshot_every = snapshot_every
+        self.models: dict[str, SegmentModel] = {}
+        self.snapshot_at: dict[str, int] = {}
+
+    def model(self, scope: str) -> SegmentModel:
+        model = self.models.get(scope)
+        if model is None:
+            snapshot = self.stored(scope)
+            model = SegmentModel.from_json(snapshot) if snapshot is not None else self.new_model(scope)
+            self.models[scope] = model
+            self.snapshot_at[scope] = model.n_learned
+        return model
+
+    def learn(self, scope: str, x: Mapping[str, float]) -> dict[str, Any] | None:
+        """Learn one vector; the snapshot to share when one is due."""
+        model = self.model(scope)
+        version = model.version
+        model.learn_one(x)
+        if model.n_learned - self.snapshot_at[scope] >= self.snapshot_every or model.version != version:
+            return self._snapshot(scope)
+        return None
+
+    def seed_small_scopes(self, scopes: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Seed, provisionally, every model still warming up (``scopes`` adds the ones only
+        stored so far); the snapshots to share."""
+        out = {}
+        for scope in sorted(set(self.models) | set(scopes)):
+            if self.model(scope).seed_early():
+                out[scope] = self._snapshot(scope)
+        return out
+
+    def _snapshot(self, scope: str) -> dict[str, Any]:
+        model = self.models[scope]
+        self.snapshot_at[scope] = model.n_learned
+        return model.to_json()
+
+
+class ModelCache:
+    """The scorers' side: shared snapshots parsed once each.
+
+    A snapshot is known by ``n_learned`` and ``version``: an early seeding changes the
+    centroids (and the version) but not the number of vectors learned.
+    """
+
+    def __init__(self, lookup: Callable[[str], Mapping[str, Any] | None]) -> None:
+        self.lookup = lookup
+        self._held: dict[str, tuple[tuple[int, int], SegmentModel]] = {}
+
+    def models_for(self, scopes: Iterable[str]) -> dict[str, SegmentModel]:
+        out = {}
+        for scope in scopes:
+            snapshot = self.lookup(scope)
+            if snapshot is None:
+                continue
+            stamp = (snapshot["n_learned"], snapshot["version"])
+            held = self._held.get(scope)
+            if held is None or held[0] != stamp:
+                held = (stamp, SegmentModel.from_json(snapshot))
+                self._held[scope] = held
+            out[scope] = held[1]
+        return out

@@ -24,21 +24,21 @@ import orjson
 
 from models.events import Limits
 from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
-from models.features import FEATURES
 from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey
 from models.outputs import SCHEMA_VERSION
 from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
 from models.segmentation import (
+    ModelCache,
+    SegmentLearner,
     SegmentMove,
     assign_segments,
     feature_vectors,
-    scope_warmup,
+    model_factory,
     scopes_of,
     scoring_time,
     teaching_scopes,
 )
-from models.segments import SegmentModel
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
 from streams.topics import partition_of
@@ -117,29 +117,6 @@ SEED = b'{"seed":true}'
 
 def now_ms() -> int:
     return int(datetime.now(timezone.utc).timestamp() * 1000)
-
-
-class ModelCache:
-    """The segment models of the global table, parsed once per snapshot."""
-
-    def __init__(self, wiring: Wiring) -> None:
-        self.table = wiring.segment_models
-        self._held: dict[str, tuple[tuple[int, int], SegmentModel]] = {}
-
-    def models_for(self, scopes: list[str]) -> dict[str, SegmentModel]:
-        out = {}
-        for scope in scopes:
-            snapshot = self.table.get(scope.encode())
-            if snapshot is None:
-                continue
-            held = self._held.get(scope)
-            # An early seeding changes the centroids (and the version) but not n_learned.
-            stamp = (snapshot["n_learned"], snapshot["version"])
-            if held is None or held[0] != stamp:
-                held = (stamp, SegmentModel.from_json(snapshot))
-                self._held[scope] = held
-            out[scope] = held[1]
-        return out
 
 
 def iso_ms(ms: int) -> str:
@@ -257,55 +234,31 @@ async def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -
 
 
 class Learner:
-    """Owns the models while it learns; snapshots them into the global table."""
+    """The single learner agent's side of :class:`SegmentLearner`: snapshots go to the global table."""
 
     def __init__(self, wiring: Wiring) -> None:
-        self.wiring = wiring
-        self.models: dict[str, SegmentModel] = {}
-        self.snapshot_at: dict[str, int] = {}
+        s = wiring.settings
+        self.table = wiring.segment_models
+        self.core = SegmentLearner(
+            model_factory(s.segments, s.segment_halflife, s.segment_warmup),
+            lambda scope: self.table.get(scope.encode()),
+            s.segment_snapshot_every,
+        )
 
-    def model(self, scope: str) -> SegmentModel:
-        model = self.models.get(scope)
-        if model is None:
-            snapshot = self.wiring.segment_models.get(scope.encode())
-            s = self.wiring.settings
-            model = (
-                SegmentModel.from_json(snapshot)
-                if snapshot is not None
-                else SegmentModel(
-                    n_segments=s.segments,
-                    features=tuple(FEATURES),
-                    halflife=s.segment_halflife,
-                    warmup=scope_warmup(scope, s.segment_warmup, s.segments),
-                )
-            )
-            self.models[scope] = model
-            self.snapshot_at[scope] = model.n_learned
-        return model
+    def learn(self, scope: str, x: dict) -> None:
+        snapshot = self.core.learn(scope, x)
+        if snapshot is not None:
+            # Written inside the learner's stream iteration: the table needs the current event.
+            self.table[scope.encode()] = snapshot
 
     def seed_small_scopes(self) -> list[str]:
         """Seed, provisionally, every model still warming up (a channel with a small audience)."""
-        scopes = set(self.models) | {key.decode() for key in self.wiring.segment_models.keys()}
-        seeded = []
-        for scope in sorted(scopes):
-            model = self.model(scope)
-            if model.seed_early():
-                self.wiring.segment_models[scope.encode()] = model.to_json()
-                self.snapshot_at[scope] = model.n_learned
-                seeded.append(scope)
+        seeded = self.core.seed_small_scopes(key.decode() for key in self.table.keys())
+        for scope, snapshot in seeded.items():
+            self.table[scope.encode()] = snapshot
         if seeded:
             log.info("Seeded the segment models of %s early (buffers not full yet)", ", ".join(seeded))
-        return seeded
-
-    def learn(self, scope: str, x: dict) -> None:
-        model = self.model(scope)
-        version = model.version
-        model.learn_one(x)
-        due = model.n_learned - self.snapshot_at[scope] >= self.wiring.settings.segment_snapshot_every
-        if due or model.version != version:  # (re)seeded: ready, or provisional centroids replaced
-            # Written inside the learner's stream iteration: the table needs the current event.
-            self.wiring.segment_models[scope.encode()] = model.to_json()
-            self.snapshot_at[scope] = model.n_learned
+        return sorted(seeded)
 
 
 async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> None:
@@ -415,7 +368,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: route_message(wiring, e))
 
-    models = ModelCache(wiring)
+    models = ModelCache(lambda scope: wiring.segment_models.get(scope.encode()))
     learner = Learner(wiring)
     summarizer = Summarizer(wiring)
     journeys = JourneyBuffer(wiring.settings.journey_retention_ms)

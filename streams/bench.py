@@ -41,7 +41,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -110,90 +110,47 @@ def decode_dataset(dataset: Any, settings: Settings) -> tuple[list[Message], int
 
 
 class SnapshotLearner:
-    """``streams.agents.Learner`` without Faust: one model per scope, snapshots in a dict.
+    """``streams.agents.Learner`` without Faust: the same :class:`models.segmentation.SegmentLearner`,
+    its snapshots kept in a dict (as JSON, like the global table), timed.
 
-    A snapshot is taken exactly when the worker's learner writes one to the global table:
-    when a model is (re)seeded, and when it has learned ``segment_snapshot_every`` vectors
-    since the last snapshot. ``teaching`` keeps every vector learned, per scope, in order.
+    ``teaching`` keeps every vector learned, per scope, in order.
     """
 
     def __init__(self, settings: Settings) -> None:
-        from models.features import FEATURES
-        from models.segmentation import scope_warmup
-        from models.segments import SegmentModel
+        from models.segmentation import SegmentLearner, model_factory
 
-        self._new_model = lambda scope: SegmentModel(
-            n_segments=settings.segments,
-            features=tuple(FEATURES),
-            halflife=settings.segment_halflife,
-            warmup=scope_warmup(scope, settings.segment_warmup, settings.segments),
-        )
-        self.settings = settings
-        self.models: dict[str, Any] = {}
-        self.snapshot_at: dict[str, int] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}  # the global table
+        self.core = SegmentLearner(
+            model_factory(settings.segments, settings.segment_halflife, settings.segment_warmup),
+            self.snapshots.get,
+            settings.segment_snapshot_every,
+        )
         self.teaching: dict[str, list[dict[str, float]]] = {}
         self.n_snapshots = 0
         self.seconds = 0.0
 
-    def model(self, scope: str) -> Any:
-        model = self.models.get(scope)
-        if model is None:  # the worker's learner would resume from the table; this one starts empty
-            model = self._new_model(scope)
-            self.models[scope] = model
-            self.snapshot_at[scope] = model.n_learned
-        return model
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.core.models
+
+    def _share(self, scope: str, snapshot: dict[str, Any]) -> None:
+        self.snapshots[scope] = orjson.loads(orjson.dumps(snapshot))  # as stored in the table
+        self.n_snapshots += 1
 
     def learn(self, scope: str, x: dict[str, float]) -> None:
         t0 = time.perf_counter()
-        model = self.model(scope)
-        version = model.version
-        model.learn_one(x)
-        due = model.n_learned - self.snapshot_at[scope] >= self.settings.segment_snapshot_every
-        if due or model.version != version:  # (re)seeded: ready, or provisional centroids replaced
-            self.snapshots[scope] = orjson.loads(orjson.dumps(model.to_json()))  # as stored in the table
-            self.snapshot_at[scope] = model.n_learned
-            self.n_snapshots += 1
+        snapshot = self.core.learn(scope, x)
+        if snapshot is not None:
+            self._share(scope, snapshot)
         self.seconds += time.perf_counter() - t0
         self.teaching.setdefault(scope, []).append(x)
 
     def seed_small_scopes(self) -> list[str]:
         """``Learner.seed_small_scopes``: seed every model still warming up, provisionally."""
-        seeded = []
-        for scope in sorted(set(self.models) | set(self.snapshots)):
-            model = self.model(scope)
-            if model.seed_early():
-                self.snapshots[scope] = orjson.loads(orjson.dumps(model.to_json()))
-                self.snapshot_at[scope] = model.n_learned
-                self.n_snapshots += 1
-                seeded.append(scope)
-        return seeded
-
-
-class SnapshotCache:
-    """``streams.agents.ModelCache`` over :attr:`SnapshotLearner.snapshots`: parsed once per snapshot
-    (a snapshot is known by its ``n_learned`` and ``version``: an early seeding changes only the latter)."""
-
-    def __init__(self, snapshots: Mapping[str, dict[str, Any]]) -> None:
-        from models.segments import SegmentModel
-
-        self._parse = SegmentModel.from_json
-        self.snapshots = snapshots
-        self._held: dict[str, tuple[tuple[int, int], Any]] = {}
-
-    def models_for(self, scopes: Iterable[str]) -> dict[str, Any]:
-        out = {}
-        for scope in scopes:
-            snapshot = self.snapshots.get(scope)
-            if snapshot is None:
-                continue
-            held = self._held.get(scope)
-            stamp = (snapshot["n_learned"], snapshot["version"])
-            if held is None or held[0] != stamp:
-                held = (stamp, self._parse(snapshot))
-                self._held[scope] = held
-            out[scope] = held[1]
-        return out
+        seeded = self.core.seed_small_scopes(self.snapshots)
+        for scope, snapshot in seeded.items():
+            self._share(scope, snapshot)
+        return sorted(seeded)
 
 
 @dataclass(slots=True)
@@ -202,7 +159,7 @@ class Replay:
 
     profiles: dict[str, dict]
     learner: SnapshotLearner
-    cache: SnapshotCache
+    cache: Any  # models.segmentation.ModelCache over learner.snapshots
     now_ms: int
     baseline: float = 0.0  # the profile step alone, on a table of its own
     apply: float = 0.0
@@ -230,8 +187,10 @@ def replay_segments(
     from models.profile import apply_events
     from models.segmentation import assign_segments, feature_vectors, scopes_of, scoring_time, teaching_scopes
 
+    from models.segmentation import ModelCache
+
     learner = SnapshotLearner(settings)
-    run = Replay({}, learner, SnapshotCache(learner.snapshots), now_ms)
+    run = Replay({}, learner, ModelCache(learner.snapshots.get), now_ms)
     profiles = run.profiles
     alone: dict[str, dict] = {}
     clock = time.perf_counter
@@ -553,7 +512,7 @@ def compare_algorithms(
 # --- the benchmark ----------------------------------------------------------------------------------------
 
 
-def predict_cost(cache: SnapshotCache, data: ScopeData) -> float | None:
+def predict_cost(cache: Any, data: ScopeData) -> float | None:
     """Microseconds per profile of scoring one feature vector (``predict_one``), scope ``all``."""
     model = cache.models_for(["all"]).get("all")
     if model is None or not model.ready or not data.features:
