@@ -62,13 +62,14 @@ REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
 RESERVED_KEY_PREFIXES = ("anon:", "email:")
 
 ENVELOPE_FIELDS = frozenset(
-    {"event_id", "type", "ts", "customer_id", "anonymous_id", "email", "channel", "device", "properties"}
+    {"event_id", "type", "ts", "customer_id", "anonymous_id", "email", "device_id", "channel", "device",
+     "properties"}
 )
 
 EventRecord = dict[str, Any]
 """A validated event as a JSON-ready dict: ``event_id``, ``source``, ``type``, ``ts``
-(epoch ms), ``customer_id``, ``anonymous_id``, ``email_hash`` (each identifier may be
-None), ``channel``, ``device`` (or None) and ``properties`` (None-free dict)."""
+(epoch ms), ``customer_id``, ``anonymous_id``, ``email_hash``, ``device_id`` (each identifier
+may be None), ``channel``, ``device`` (or None) and ``properties`` (None-free dict)."""
 
 
 class InvalidEvent(ValueError):
@@ -146,6 +147,7 @@ class Properties(BaseModel):
     app_version: str | None = None
     os: str | None = None
     post_id: str | None = None
+    handle: str | None = Field(default=None, max_length=200, description="the author's handle on a social platform")
     topic: str | None = None
     text: str | None = None
     store_id: str | None = None
@@ -167,6 +169,7 @@ class Envelope(BaseModel):
     customer_id: str | None = Field(default=None, max_length=200)
     anonymous_id: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
+    device_id: str | None = Field(default=None, max_length=200, description="a device identifier (links identities)")
     channel: str = Field(min_length=1, max_length=64, pattern=r"\S")
     device: Literal["mobile", "desktop", "tablet", "other"] | None = None
     properties: Properties = Field(default_factory=Properties)
@@ -193,7 +196,7 @@ class Envelope(BaseModel):
                 props[key] = data.pop(key)
             data["properties"] = props
         # Blank identifiers carry no identity; a blank channel is no channel.
-        for key in ("customer_id", "anonymous_id", "email", "channel"):
+        for key in ("customer_id", "anonymous_id", "email", "device_id", "channel"):
             value = data.get(key)
             if isinstance(value, str) and not value.strip():
                 data[key] = None
@@ -368,6 +371,7 @@ def to_record(event: Envelope, hash_key: bytes) -> EventRecord:
         "customer_id": event.customer_id,
         "anonymous_id": event.anonymous_id,
         "email_hash": hash_identifier(email, hash_key) if email else None,
+        "device_id": event.device_id,
         "channel": event.channel.strip().lower(),
         "device": event.device,
         "properties": properties,

@@ -163,3 +163,151 @@ def _merge_into(graph: Graph, survivor: str, groups: list[str], fresh: list[str]
         graph["ids"][ident] = survivor
         target["members"] = sorted({*target["members"], ident})
     return survivor
+
+
+# --- identifiers of an event ----------------------------------------------------------------------
+
+
+def event_identifiers(record: dict[str, Any], blocked: frozenset[str] = BLOCKED_VALUES) -> list[str]:
+    """The namespaced identifiers an event carries, blocked placeholders left out.
+
+    ``customer_id``, ``anonymous_id``, the email's keyed hash, ``device_id``, the phone's
+    keyed hash (an identify trait), the author's ``handle`` on a social platform, and the
+    ``previous_id`` of an ``alias`` (an earlier anonymous id).
+
+    >>> event_identifiers({"source": "social", "type": "like", "channel": "instagram", "customer_id": None,
+    ...     "anonymous_id": "null", "email_hash": "9f0e", "device_id": "d-1", "properties": {"handle": "@Ann"}})
+    ['email:9f0e', 'device:d-1', 'social:instagram:ann']
+    """
+    props = record.get("properties") or {}
+    traits = props.get("traits") or {}
+    found = [
+        identifier("cid", record.get("customer_id"), blocked),
+        identifier("anon", record.get("anonymous_id"), blocked),
+        identifier("email", record.get("email_hash"), blocked),
+        identifier("device", record.get("device_id"), blocked),
+        identifier("phone", traits.get("phone_hash"), blocked),
+    ]
+    if record.get("source") == "social" and props.get("handle"):
+        found.append(identifier(f"social:{record['channel']}", props["handle"], blocked))
+    if record.get("type") == "alias":
+        found.append(identifier("anon", props.get("previous_id"), blocked))
+    return [i for i in dict.fromkeys(found) if i]
+
+
+def parse_identifier(text: str, blocked: frozenset[str] = BLOCKED_VALUES) -> str | None:
+    """An identifier typed by a person (``forget``, ``export``, ``profile``): a bare customer id,
+    or ``anon:``, ``email:`` (hashed already), ``device:``, ``phone:``, ``social:<platform>:`` forms.
+
+    >>> parse_identifier("c-7"), parse_identifier("anon:a1"), parse_identifier("social:instagram:@Ann")
+    ('cid:c-7', 'anon:a1', 'social:instagram:ann')
+    """
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("anon", "email", "device", "phone", "cid"):
+        return identifier(kind, rest, blocked)
+    if sep and kind == "social":
+        platform, sep2, handle = rest.partition(":")
+        return identifier(f"social:{platform.strip().lower()}", handle, blocked) if sep2 else None
+    return identifier("cid", text, blocked)
+
+
+# --- the graph over a key-value store (a Faust table) ---------------------------------------------
+
+
+class Overlay:
+    """A mapping over a store's ``get`` that remembers what :func:`link` changed.
+
+    Reads are copied (groups are edited in place by :func:`link`), writes stay here until the
+    caller takes :meth:`changes` and applies them to the store: only what differs from what
+    was read, so an event of a known customer writes nothing.
+    """
+
+    _GONE = object()
+
+    def __init__(self, load: Any) -> None:
+        self._load = load
+        self._read: dict[str, Any] = {}
+        self._now: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self._now:
+            value = self._load(key)
+            self._read[key] = value
+            self._now[key] = self._GONE if value is None else _copy(value)
+        value = self._now[key]
+        return default if value is self._GONE else value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, self._GONE)
+        if value is self._GONE:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, self._GONE) is not self._GONE
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.get(key)
+        self._now[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.get(key)
+        self._now[key] = self._GONE
+
+    def changes(self) -> dict[str, Any]:
+        """Key -> new value (None: deleted) for every key whose value changed."""
+        out = {}
+        for key, value in self._now.items():
+            new = None if value is self._GONE else value
+            if new != self._read.get(key):
+                out[key] = new
+        return out
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+ID_PREFIX, GROUP_PREFIX, SUPPRESSED_PREFIX = "i|", "g|", "s|"
+
+
+def store_graph(get: Any) -> tuple[Graph, Overlay, Overlay]:
+    """A graph whose ``ids`` and ``groups`` read through ``get`` (store keys ``i|…`` and ``g|…``).
+
+    Returns the graph and its two overlays; :func:`store_changes` turns what :func:`link` did
+    into the store writes.
+    """
+    ids = Overlay(lambda k: get(ID_PREFIX + k))
+    groups = Overlay(lambda k: get(GROUP_PREFIX + k))
+    return {"ids": ids, "groups": groups}, ids, groups
+
+
+def store_changes(ids: Overlay, groups: Overlay) -> dict[str, Any]:
+    """The store writes (None: delete) of a graph from :func:`store_graph`."""
+    out = {ID_PREFIX + k: v for k, v in ids.changes().items()}
+    out.update({GROUP_PREFIX + k: v for k, v in groups.changes().items()})
+    return out
+
+
+def erase(graph: Graph, ident: str) -> tuple[str | None, list[str]]:
+    """Remove the group of ``ident`` from the graph: its canonical id and all its identifiers
+    (``ident`` alone when the graph does not know it).
+
+    >>> g = new_graph(); _ = link(g, ["cid:c-1", "anon:a1"], ts=1)
+    >>> erase(g, "anon:a1"), g
+    (('c-1', ['anon:a1', 'cid:c-1']), {'ids': {}, 'groups': {}})
+    """
+    group = graph["ids"].get(ident)
+    if group is None:
+        return None, [ident]
+    members = list(graph["groups"][group]["members"]) if group in graph["groups"] else [ident]
+    for member in members:
+        if graph["ids"].get(member) is not None:
+            del graph["ids"][member]
+    if group in graph["groups"]:
+        del graph["groups"][group]
+    return group, sorted(members)

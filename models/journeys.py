@@ -214,11 +214,15 @@ def record_journey(
     """Insert the touches of ``records`` into ``state["journey"]`` (in place); return the deltas."""
     journey = state.get("journey") or new_journey()
     state["journey"] = journey
+    return _insert(journey, touches_of(records), window_ms, halflife_ms)
+
+
+def _insert(journey: dict[str, Any], touches: list[list], window_ms: int, halflife_ms: int) -> JourneyDelta:
     journey["window_ms"] = window_ms  # the view shows purchase paths over the same window
     delta = JourneyDelta()
     known = {t[5] for t in journey["touches"]}
     fresh = []
-    for t in touches_of(records):
+    for t in touches:
         if t[5] in known:
             continue
         if journey["horizon"] is not None and _key(t) <= tuple(journey["horizon"]):
@@ -251,6 +255,42 @@ def record_journey(
         after = after[cut:]
     journey["touches"] = after
     return delta
+
+
+def merge_journey(
+    state: State, other: dict[str, Any] | None, window_ms: int = 7 * DAY_MS, halflife_ms: int = DAY_MS
+) -> tuple[JourneyDelta, JourneyDelta]:
+    """Absorb the journey ``other`` (of a profile stitched to this one) into ``state["journey"]``.
+
+    Returns two deltas for the global counters: ``withdrawn`` takes back everything the
+    absorbed timeline had counted (its hops and purchase credit, signs reversed) and
+    ``added`` is what its touches add to this timeline (their own hops again, plus the hops
+    and credit across the two). Summed, the counters equal those of one customer who made
+    every touch.
+    """
+    journey = state.get("journey") or new_journey()
+    state["journey"] = journey
+    if not other or not other["touches"]:
+        if other:
+            journey["late"] += other["late"]
+            journey["dropped"] += other["dropped"]
+        return JourneyDelta(), JourneyDelta()
+    touches = [list(t) for t in other["touches"]]
+    withdrawn = JourneyDelta(
+        hops=[_hop(hop, converted, -1) for hop, converted in hops_of(touches, window_ms).items()],
+        credits=[
+            Credit(c.model, c.channel, c.purchase_ts, c.credit, c.revenue)
+            for c in _credit_changes(touches, [], touches, window_ms, halflife_ms)
+        ],
+    )
+    if other["horizon"] is not None and (journey["horizon"] is None or other["horizon"] > journey["horizon"]):
+        journey["horizon"] = other["horizon"]  # below the absorbed timeline's horizon nothing is known
+    added = _insert(journey, touches, window_ms, halflife_ms)
+    journey["late"] += other["late"]
+    journey["dropped"] += other["dropped"]
+    if other["first"] is not None:
+        journey["first"] = min(journey["first"] or other["first"], other["first"])
+    return withdrawn, added
 
 
 def _hop(hop: tuple, converted: bool, sign: int) -> Hop:

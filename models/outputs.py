@@ -137,10 +137,53 @@ class DeadLetter(BaseModel):
     ts: str
 
 
+class IdentityChange(BaseModel):
+    """On ``profiles.identity``, keyed by ``old_id``: the lineage of stitched profiles.
+
+    ``merge``: the profile ``old_id`` was absorbed into ``canonical_id`` (its key gets a
+    tombstone on ``profiles.updates``). ``conflict``: the event linked identifiers of two
+    known customers; nothing was merged, the event went to ``canonical_id``. ``capped``: the
+    group reached the identifier cap; ``identifier`` was not added.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["merge", "conflict", "capped"]
+    old_id: str = Field(description="merge: the absorbed profile; conflict/capped: the identifier's current group")
+    canonical_id: str = Field(description="the profile the event (and, for a merge, old_id's history) went to")
+    identifier: str | None = Field(default=None, description="conflict/capped: the identifier concerned "
+                                   "(emails and phones as keyed hashes)")
+    event_id: str = Field(description="the event that caused it")
+    event_ts: str = Field(description="that event's time (ISO-8601 UTC)")
+    ts: str = Field(description="when the worker published it (ISO-8601 UTC)")
+
+
+class ErasureAudit(BaseModel):
+    """On ``profiles.audit``, keyed by ``request_id``: an erasure request and what it removed.
+
+    It names the person only by keyed hashes, so the audit trail holds no personal data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["erasure"] = "erasure"
+    request_id: str
+    subject_hash: str = Field(description="keyed hash of the identifier the request named")
+    found: bool = Field(description="whether the identity graph knew the identifier")
+    identifiers: int = Field(description="identifiers removed from the graph and suppressed")
+    profiles: int = Field(description="profile keys (the canonical one and any merged into it) deleted")
+    requested_by: str = Field(description="who asked: 'cli', or what the request on the topic said")
+    requested_ts: str
+    ts: str = Field(description="when the identity stage carried it out")
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Every input and output JSON Schema, by file name."""
     out = {f"event.{source}.json": _event_schema(source, model) for source, model in EVENT_MODELS.items()}
-    for model in (ProfileUpdate, SegmentChange, SegmentSummaries, ChannelHop, DeadLetter):
+    for model in (ProfileUpdate, SegmentChange, SegmentSummaries, ChannelHop, IdentityChange, ErasureAudit,
+                  DeadLetter):
         out[f"{model.__name__}.json"] = model.model_json_schema()
     return out
 

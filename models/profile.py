@@ -471,3 +471,115 @@ def apply_events(
 def copy_state(state: State) -> State:
     """A deep copy of a JSON-ready state (faster than :func:`copy.deepcopy`)."""
     return orjson.loads(orjson.dumps(state))
+
+
+# --- merging two profiles (identity stitching) ------------------------------------------------------
+
+MAX_MERGED_FROM = 20
+COUNTER_CAPS = {"types": 64, "os": 8}
+
+
+def _add_counters(into: dict[str, Any], other: dict[str, Any], cap: int = TOP_CAP) -> None:
+    for key, count in sorted(other.items()):
+        bump(into, key, count, cap=cap)
+
+
+def _merge_block(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Email, app, social and offline blocks: counts add, times keep the latest, counters add."""
+    for key, value in other.items():
+        if key.endswith("_ts"):
+            into[key] = _max(into.get(key), value) if value is not None else into.get(key)
+        elif isinstance(value, dict):
+            _add_counters(into.setdefault(key, {}), value, COUNTER_CAPS.get(key, TOP_CAP))
+        else:
+            into[key] = into.get(key, 0) + value
+
+
+def merge_sessions(a: list[list[int]], b: list[list[int]], gap: int = SESSION_GAP_MS) -> list[list[int]]:
+    """The sessions of the union of two customers' event times.
+
+    >>> merge_sessions([[0, 10], [100_000, 100_000]], [[20, 30]], gap=50)
+    [[0, 30], [100000, 100000]]
+    """
+    out: list[list[int]] = []
+    for start, end in sorted([*a, *b]):
+        if out and start - out[-1][1] <= gap:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
+def merge_activity(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Fold the activity block ``other`` into ``into`` (in place), as if its events had come here."""
+    into["events"] += other["events"]
+    _add_counters(into["types"], other["types"], 64)
+    if other["first_ts"] is not None:
+        into["first_ts"] = _min(into["first_ts"], other["first_ts"])
+        into["last_ts"] = _max(into["last_ts"], other["last_ts"])
+    days = sorted(set(into["days"]) | set(other["days"]))
+    cut = max(0, len(days) - MAX_DAYS)
+    into["days"] = days[cut:]
+    into["days_dropped"] += other["days_dropped"] + cut
+    sessions = merge_sessions(into["sessions"], other["sessions"])
+    cut = max(0, len(sessions) - MAX_SESSIONS)
+    into["sessions"] = sessions[cut:]
+    into["sessions_dropped"] += other["sessions_dropped"] + cut
+    for name in ("orders", "revenue_cents", "discounted_orders"):
+        into[name] += other[name]
+    if other["first_order_ts"] is not None:
+        into["first_order_ts"] = _min(into["first_order_ts"], other["first_order_ts"])
+        into["last_order_ts"] = _max(into["last_order_ts"], other["last_order_ts"])
+    for order in other["recent_orders"]:
+        _remember_order(into, list(order))
+    for name in ("categories", "devices", "searches"):
+        _add_counters(into[name], other[name])
+    for name, counter in other["referrers"].items():
+        _add_counters(into["referrers"].setdefault(name, {}), counter)
+    for name in ("email", "app", "social", "offline"):
+        if name in other:
+            _merge_block(into.setdefault(name, {}), other[name])
+
+
+def merge_states(into: State, other: State, dedup_window: int = DEFAULT_DEDUP_WINDOW) -> State:
+    """The profile of ``into``'s customer after absorbing ``other`` (a profile stitched to it).
+
+    Per-field rules (README: "Identity"): counts and money add; first seen is the earliest,
+    last seen the latest; sessions and active days are recomputed over both; traits are the
+    newest by event time; interests, categories, devices and other counters add; identifiers
+    are the union. The segments stay ``into``'s until the merged profile is scored again.
+    Neither input is modified.
+
+    >>> a = apply_events(None, "c-1", [{"event_id": "e1", "source": "email", "type": "open", "ts": 5,
+    ...     "customer_id": "c-1", "anonymous_id": None, "email_hash": None, "channel": "email",
+    ...     "device": None, "properties": {}}]).state
+    >>> b = apply_events(None, "anon:x", [{"event_id": "e2", "source": "email", "type": "click", "ts": 2,
+    ...     "customer_id": None, "anonymous_id": "x", "email_hash": None, "channel": "email",
+    ...     "device": None, "properties": {}}]).state
+    >>> m = merge_states(a, b)
+    >>> m["events"], m["all"]["first_ts"], m["all"]["email"], m["merged_from"], m["version"]
+    (2, 2, {'open': 1, 'last_open_ts': 5, 'click': 1, 'last_click_ts': 2}, ['anon:x'], 2)
+    """
+    out = copy_state(into)
+    other = copy_state(other)
+    out["events"] += other["events"]
+    merge_activity(out["all"], other["all"])
+    for channel, block in other["channels"].items():
+        _, target = _channel_block(out, channel)
+        merge_activity(target, block)
+    for name, value in other["traits"].items():
+        ts = other["trait_ts"][name]
+        seen_ts = out["trait_ts"].get(name)
+        if seen_ts is None or ts > seen_ts or (ts == seen_ts and repr(value) > repr(out["traits"].get(name))):
+            out["traits"][name] = value
+            out["trait_ts"][name] = ts
+    _add_counters(out["interests"], other["interests"])
+    for name, values in other["identifiers"].items():
+        out["identifiers"][name] = sorted(set(out["identifiers"].get(name, [])) | set(values))[:16]
+    seen = list(dict.fromkeys([*other["seen"], *out["seen"]]))
+    out["seen"] = seen[-dedup_window:] if dedup_window else []
+    out["last_event_id"] = out["last_event_id"] or other["last_event_id"]
+    merged = [*out.get("merged_from", []), other["customer_id"], *other.get("merged_from", [])]
+    out["merged_from"] = list(dict.fromkeys(merged))[:MAX_MERGED_FROM]
+    out["version"] = max(out["version"], other["version"]) + 1
+    return out

@@ -203,6 +203,7 @@ def render_profile(state: State) -> dict[str, Any]:
         "identifiers": {
             "anonymous_ids": len(state["identifiers"]["anonymous_ids"]),
             "email_hashes": list(state["identifiers"]["email_hashes"]),
+            "merged_from": list(state.get("merged_from", [])),
         },
     }
 

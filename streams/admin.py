@@ -59,7 +59,8 @@ def check_kafka(settings: Settings, timeout: float = 5.0) -> None:
 def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     names = TopicNames(settings.topic_prefix)
-    compacted = {names.updates, names.segment_summaries}  # the latest profile per customer, summary per scope
+    # The latest profile per customer, summary per scope, lineage per old id; erasure tombstones remove them.
+    compacted = {names.updates, names.segment_summaries, names.identity}
     admin = KafkaAdminClient(**client_options(settings))
     try:
         existing = set(admin.list_topics())
@@ -108,7 +109,8 @@ def read_topic(settings: Settings, topic: str, idle_ms: int = 2000) -> Iterator[
 class OutputFollower:
     """Follows ``profiles.updates`` and ``profiles.deadletter`` from the beginning.
 
-    Keeps the latest ProfileUpdate per customer and every dead letter, so a caller can
+    Keeps the latest ProfileUpdate per live profile (a tombstone removes it: the profile was
+    merged into another or erased) and every dead letter, so a caller can
     tell when everything it published has been processed (the demo, the tests).
     """
 
@@ -118,6 +120,7 @@ class OutputFollower:
         self.deadletter_topic = names.deadletter
         self.latest: dict[str, Any] = {}
         self.dead_letters: list[dict[str, Any]] = []
+        self.tombstones: set[str] = set()  # keys whose latest record is a tombstone
         self.updates_seen = 0
         self._consumer = KafkaConsumer(
             **client_options(settings),
@@ -144,9 +147,11 @@ class OutputFollower:
                 if tp.topic == self.updates_topic:
                     self.updates_seen += 1
                     key = record.key.decode()
-                    if record.value is None:
-                        self.latest[key] = None
+                    if record.value is None:  # merged into another profile, or erased
+                        self.latest.pop(key, None)
+                        self.tombstones.add(key)
                         continue
+                    self.tombstones.discard(key)
                     update = orjson.loads(record.value)
                     held = self.latest.get(key)
                     if held is None or update["version"] >= held["version"]:

@@ -23,7 +23,10 @@ import faust
 import orjson
 
 from models.events import Limits
-from models.ingest import Rejection, dead_letter, decode_message, group_by_profile
+from models.events import profile_key
+from models.identity import event_identifiers
+from models.ingest import Rejection, dead_letter, decode_message
+from models import stitching
 from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey
 from models.outputs import SCHEMA_VERSION
 from models.personas import merge_tallies, summarize, tally_members
@@ -85,7 +88,7 @@ async def send_dead_letter(wiring: Wiring, message: faust.types.Message, rejecti
 
 
 async def route_message(wiring: Wiring, event: faust.EventT) -> None:
-    """Validate one input message; dead-letter the invalid part, re-key the rest by profile."""
+    """Validate one input message; dead-letter the invalid part, pass the rest to identity resolution."""
     message = event.message
     settings = wiring.settings
     source = wiring.names.source_of(message.topic)
@@ -100,15 +103,28 @@ async def route_message(wiring: Wiring, event: faust.EventT) -> None:
     )
     for rejection in decoded.rejections:
         await send_dead_letter(wiring, message, rejection)
-    for key, records in group_by_profile(decoded.records).items():
-        await send_by_customer(wiring, key.encode(), orjson.dumps(records))
+    records = []
+    for index, record in enumerate(decoded.records):
+        if event_identifiers(record, settings.blocked_values):
+            records.append(record)
+            continue
+        await send_dead_letter(wiring, message, Rejection(
+            "no usable identifier: customer_id, anonymous_id and email are missing or placeholder values "
+            "(OMNIPROFILE_IDENTITY_BLOCKED_VALUES); send a real id",
+            orjson.dumps(record), index if len(decoded.records) > 1 else None,
+        ))
+    if records:
+        # One partition: identity resolution sees every event, in order (streams.resolver).
+        await wiring.identity_events_topic.send(
+            key=profile_key(records[0]).encode(), value=orjson.dumps({"records": records})
+        )
 
 
-async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> None:
+async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.types.FutureMessage:
     # The partition is set explicitly (Kafka's default murmur2) so that the tally timer can
     # tell which of the table's keys live in the partitions this worker owns.
     partition = partition_of(key, wiring.settings.partitions)
-    await wiring.by_customer_topic.send(key=key, value=value, partition=partition)
+    return await wiring.by_customer_topic.send(key=key, value=value, partition=partition)
 
 
 RESCORE = b'{"rescore":true}'
@@ -126,37 +142,149 @@ def iso_ms(ms: int) -> str:
 async def update_profile(
     wiring: Wiring, models: ModelCache, event: faust.EventT, journeys: JourneyBuffer | None = None
 ) -> None:
-    """Fold one customer's batch of events into their profile, re-score its segments, emit."""
+    """One message of a profile's partition: events, a re-score, or a step of a merge or erasure."""
     key: bytes = event.key
     if event.value == RESCORE:
         await rescore_profile(wiring, models, key)
         return
-    records = orjson.loads(event.value)
-    step = apply_events(wiring.profiles.get(key), key.decode(), records, wiring.settings.dedup_window)
+    message = orjson.loads(event.value)
+    held = wiring.profiles.get(key)
+    if stitching.is_stub(held):
+        await forward_from_stub(wiring, key, held, message, event.value)
+        return
+    if isinstance(message, list):
+        await receive_records(wiring, models, key, held, message, journeys)
+        return
+    op = message.get("op")
+    if op == "expect":
+        wiring.profiles[key] = stitching.expect(held, key.decode(), message["from"], now_ms())
+    elif op == "merge_into":
+        await merge_away(wiring, key, held, message)
+    elif op == "absorb":
+        await absorb(wiring, models, key, held, message, journeys)
+    elif op == "forget":
+        await forget(wiring, key, held)
+    else:
+        raise ValueError(f"unknown message on the profile topic: {str(message)[:80]}")
+
+
+async def receive_records(
+    wiring: Wiring, models: ModelCache, key: bytes, held: dict | None, records: list, journeys: JourneyBuffer | None
+) -> None:
+    received = stitching.receive(held, records, now_ms(), int(wiring.settings.identity_merge_wait_seconds * 1000))
+    if received.waiting:
+        wiring.profiles[key] = received.state
+        return
+    if received.gave_up:
+        log.warning("Profile %s waited too long for the merge of %s; applying its held events",
+                    key.decode(), ", ".join(received.gave_up))
+    await fold_records(wiring, models, key, received.state, received.records, journeys)
+
+
+async def fold_records(
+    wiring: Wiring,
+    models: ModelCache,
+    key: bytes,
+    held: dict | None,
+    records: list,
+    journeys: JourneyBuffer | None,
+    merged: list[Hop] | None = None,
+) -> None:
+    """Fold events into the profile, re-score its segments, write the table, emit.
+
+    ``merged`` (the hops a merge just added) says the profile absorbed another one: then it is
+    written, scored and published even when no event is new.
+    """
+    step = apply_events(held, key.decode(), records, wiring.settings.dedup_window)
     moves: list[SegmentMove] = []
-    hops: list[Hop] = []
-    if step.applied:
+    hops: list[Hop] = list(merged or [])
+    if merged is not None:
+        step.changed = sorted({*step.changed, "identity"})
+    if step.applied or merged is not None:
         settings = wiring.settings
         journey = record_journey(step.state, step.new_records, settings.journey_window_ms, settings.journey_halflife_ms)
-        if journey.changed:
+        if journey.changed or hops:
             step.changed = sorted({*step.changed, "journey"})
-        hops = journey.hops
+        hops += journey.hops
         if journeys is not None:
             journeys.add(journey_entries(journey))
             if journey.late:
                 journeys.add([("late|touches", now_ms(), float(journey.late))])
         as_of = scoring_time(step.state, now_ms())
-        scopes = scopes_of(step.state, {r["channel"] for r in records if r["source"] != "identify"})
+        channels = None if merged is not None else {r["channel"] for r in records if r["source"] != "identify"}
+        scopes = scopes_of(step.state, channels)
         vectors = feature_vectors(step.state, scopes, as_of)
         moves = assign_segments(step.state, scopes, models.models_for(scopes), as_of, vectors)
         if moves:
             step.changed = sorted({*step.changed, "segments"})
         wiring.profiles[key] = step.state  # reassigned, so the changelog gets it
         await teach(wiring, step.state, scopes, vectors)
-    if step.applied or step.replayed_last:
+    if step.applied or step.replayed_last or merged is not None:
         await publish(wiring, step, moves)
     for hop in hops:
         await wiring.hops_topic.send(key=key, value=orjson.dumps(hop_record(key.decode(), hop)))
+
+
+# --- identity: the profile side of merges and erasure (streams.resolver sends these) ----------------
+
+
+async def merge_away(wiring: Wiring, key: bytes, held: dict | None, message: dict) -> None:
+    """This profile joins ``message["into"]``: send it there, leave a forwarding stub, tombstone it."""
+    into = message["into"]
+    handover = stitching.handover(key.decode(), held, message.get("cause"))
+    await send_by_customer(wiring, into.encode(), orjson.dumps(handover))
+    # Messages still on their way here (events routed before the merge, a merge that was
+    # waiting on this profile) follow it through the stub.
+    wiring.profiles[key] = stitching.stub(into, now_ms())
+    if handover["state"] is not None:
+        await wiring.updates_topic.send(key=key, value=None)
+        wiring.sink.stage_delete(key.decode(), handover["state"].get("segments", {}))
+
+
+async def absorb(
+    wiring: Wiring, models: ModelCache, key: bytes, held: dict | None, message: dict, journeys: JourneyBuffer | None
+) -> None:
+    """Merge another profile's history into this one (models.stitching.absorb)."""
+    if held is None:
+        log.warning("Dropped the merge of %s into %s: that profile no longer exists (erased)",
+                    message["from"], key.decode())
+        return
+    s = wiring.settings
+    result = stitching.absorb(held, message, now_ms(), s.dedup_window, s.journey_window_ms, s.journey_halflife_ms)
+    if journeys is not None:
+        journeys.add(journey_entries(result.withdrawn))
+        journeys.add(journey_entries(result.added))
+    for hop in result.withdrawn.hops:  # the absorbed id's hops, withdrawn under its own key
+        await wiring.hops_topic.send(key=message["from"].encode(), value=orjson.dumps(hop_record(message["from"], hop)))
+    if result.waiting:
+        wiring.profiles[key] = result.state
+        for hop in result.added.hops:
+            await wiring.hops_topic.send(key=key, value=orjson.dumps(hop_record(key.decode(), hop)))
+        return
+    if not result.merged:  # the fold writes a merged state; otherwise record that nothing is pending
+        wiring.profiles[key] = result.state
+    await fold_records(wiring, models, key, result.state, result.records, journeys,
+                       merged=result.added.hops if result.merged else None)
+
+
+async def forget(wiring: Wiring, key: bytes, held: dict | None) -> None:
+    """Erasure: the profile leaves the table (a changelog tombstone), the topic and Redis."""
+    if held is not None:
+        del wiring.profiles[key]
+    segments = held.get("segments", {}) if held is not None and not stitching.is_stub(held) else {}
+    await wiring.updates_topic.send(key=key, value=None)
+    wiring.sink.stage_delete(key.decode(), segments)
+
+
+async def forward_from_stub(wiring: Wiring, key: bytes, stub: dict, message: object, raw: bytes) -> None:
+    """A merged-away key: late events and merges go on to the profile that absorbed it."""
+    if isinstance(message, dict) and message.get("op") == "forget":
+        del wiring.profiles[key]
+        return
+    if isinstance(message, dict) and message.get("op") == "merge_into":
+        log.warning("Ignored a second merge of %s (already merged into %s)", key.decode(), stub["merged_into"])
+        return
+    await send_by_customer(wiring, stub["merged_into"].encode(), raw)
 
 
 def hop_record(customer_id: str, hop: Hop) -> dict:
@@ -214,7 +342,7 @@ async def aggregate_journey(wiring: Wiring, event: faust.EventT) -> None:
 async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
     """The sweep: re-score every scope of a (possibly silent) profile against today's models."""
     held = wiring.profiles.get(key)
-    if held is None:
+    if held is None or stitching.is_stub(held) or not held["events"]:
         return
     state = copy_state(held)
     scopes = scopes_of(state)
@@ -314,7 +442,7 @@ async def owned_profiles(app: faust.App, wiring: Wiring) -> dict[int, list[tuple
         bucket = owned.get(partition_of(key, n))
         if bucket is not None:
             state = wiring.profiles.get(key)
-            if state is not None:
+            if state is not None and not stitching.is_stub(state) and state["events"]:
                 bucket.append((key, state))
         if i % 1000 == 999:
             await asyncio.sleep(0)  # let the agents run between chunks of a large table
@@ -368,6 +496,9 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: route_message(wiring, e))
 
+    from streams.resolver import register_identity
+
+    register_identity(app, wiring)
     models = ModelCache(lambda scope: wiring.segment_models.get(scope.encode()))
     learner = Learner(wiring)
     summarizer = Summarizer(wiring)
@@ -421,9 +552,11 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def flush_redis() -> None:
         await wiring.sink.flush()
         await wiring.journey_sink.flush()
+        await wiring.identity_sink.flush()
 
     @app.on_before_shutdown.connect
     async def close_redis(app: faust.App, **kwargs: object) -> None:
         await send_journey_entries(wiring, journeys)
         await wiring.sink.close()
         await wiring.journey_sink.close()
+        await wiring.identity_sink.close()

@@ -14,11 +14,12 @@ from typing import Any
 import faust
 
 from streams.settings import Settings
-from streams.sinks import RedisJourneySink, RedisLayout, RedisProfileSink
+from streams.sinks import RedisIdentitySink, RedisJourneySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
 
 PROFILES_TABLE = "profiles"
 SEGMENT_MODELS_TABLE = "segment-models"
+IDENTITY_TABLE = "identity-graph"
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,19 @@ class Wiring:
     tallies_topic: faust.TopicT
     hops_topic: faust.TopicT
     journey_topic: faust.TopicT
+    identity_events_topic: faust.TopicT
+    erasure_topic: faust.TopicT
+    identity_topic: faust.TopicT
+    audit_topic: faust.TopicT
     profiles: faust.Table
+    identity: faust.Table
     segment_models: faust.GlobalTable
     journey_daily: Any  # windowed tables (faust WindowWrapper): counter -> value per window
     journey_weekly: Any
     journey_totals: faust.Table
     sink: RedisProfileSink
     journey_sink: RedisJourneySink
+    identity_sink: RedisIdentitySink
 
 
 def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -133,12 +140,24 @@ def create_app(settings: Settings) -> faust.App:
         hops_topic=app.topic(names.hops, **raw),
         # Keyed by counter; each message's timestamp is the event-time day its value belongs to.
         journey_topic=app.topic(names.journey_deltas, partitions=settings.partitions, internal=True, **raw),
+        # One partition: the identity graph is one connected whole, resolved in one place, in order.
+        identity_events_topic=app.topic(names.identity_events, partitions=1, internal=True, **raw),
+        erasure_topic=app.topic(names.erasure_requests, **raw),
+        identity_topic=app.topic(names.identity, **raw),
+        audit_topic=app.topic(names.audit, **raw),
         profiles=app.Table(
             PROFILES_TABLE,
             default=None,
             partitions=settings.partitions,
             key_type=bytes,  # raw keys on the changelog; values are JSON (never pickle)
             help="Profile state per customer (models.profile); the source of truth.",
+        ),
+        identity=app.Table(
+            IDENTITY_TABLE,
+            default=None,
+            partitions=1,
+            key_type=bytes,
+            help="The identity graph (models.identity): identifier -> group, group -> members; suppressions.",
         ),
         segment_models=app.GlobalTable(
             SEGMENT_MODELS_TABLE,
@@ -153,6 +172,9 @@ def create_app(settings: Settings) -> faust.App:
             RedisLayout(settings.redis_key_prefix),
             socket_timeout=settings.redis_socket_timeout,
             flush_max=settings.redis_flush_max,
+        ),
+        identity_sink=RedisIdentitySink(
+            settings.redis_url, RedisLayout(settings.redis_key_prefix), socket_timeout=settings.redis_socket_timeout
         ),
         journey_sink=RedisJourneySink(
             settings.redis_url,

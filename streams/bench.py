@@ -751,7 +751,7 @@ def cmd_bench_segments(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks that need no broker (segments)")
+    bench = sub.add_parser("bench", help="benchmarks: segments (in-process), throughput (embedded broker)")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     p = benches.add_parser(
@@ -764,3 +764,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON document, nothing else")
     p.add_argument("--algorithms", action="store_true", help="also compare river clusterers on the teaching stream")
     p.set_defaults(func=cmd_bench_segments)
+
+    from streams.throughput import add_commands as add_throughput
+
+    add_throughput(benches)

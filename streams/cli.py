@@ -59,10 +59,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from streams.sinks import RedisLayout
 
+    from models.identity import parse_identifier
+    from streams.privacy import lookup
+
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    layout = RedisLayout(settings.redis_key_prefix)
     try:
-        raw = client.hget(RedisLayout(settings.redis_key_prefix).profile(args.customer_id), "json")
+        raw = client.hget(layout.profile(args.customer_id), "json")
+        ident = parse_identifier(args.customer_id, settings.blocked_values)
+        if raw is None and ident is not None:
+            # Any identifier of a stitched customer leads to their profile.
+            canonical, _ = lookup(settings, ident)
+            if canonical != args.customer_id:
+                raw = client.hget(layout.profile(canonical), "json")
+                if raw is not None:
+                    print(f"{args.customer_id} belongs to profile {canonical}", file=sys.stderr)
     except redis.RedisError as exc:
         raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
     if raw is None:
@@ -106,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory (default: the package's models/schemas)")
     p.set_defaults(func=cmd_schemas)
 
-    from streams import bench, commands
+    from streams import bench, commands, privacy
 
     commands.add_commands(sub)
+    privacy.add_commands(sub)
     bench.add_commands(sub)
     return parser
 

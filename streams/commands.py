@@ -345,6 +345,8 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
             ["profiles", len(profiles)],
             ["profiles in Redis", sum(1 for _ in client.scan_iter(match=layout.profile("*"), count=1000))],
             ["dead letters", len(follower.dead_letters)],
+            ["profiles merged into another (identity)", len(follower.tombstones)],
+            ["identity conflicts refused", int(client.hget(layout.stats(), "identity_conflicts") or 0)],
             ["profile updates published", follower.updates_seen],
             ["publish + process time (s)", round(total_s, 1)],
             ["events/s end to end", round(len(dataset.events) / max(total_s, 1e-9))],

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.identity import BLOCKED_VALUES
+
 ENV_PREFIX = "OMNIPROFILE_"
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
@@ -88,6 +90,11 @@ class Settings(BaseSettings):
     journey_retention_days: int = Field(default=35, ge=8, le=3650)
     journey_flush_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
 
+    # Identity
+    identity_max_identifiers: int = Field(default=50, ge=2, le=10_000)
+    identity_blocked_values: str = ",".join(sorted(BLOCKED_VALUES - {""}))
+    identity_merge_wait_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_is_host_port_list(cls, value: str) -> str:
@@ -125,6 +132,11 @@ class Settings(BaseSettings):
         if any(ch.isspace() for ch in value):
             raise ValueError(f"must not contain white space, got {value!r}")
         return value
+
+    @property
+    def blocked_values(self) -> frozenset[str]:
+        """Identifier values that never link (always including the empty string)."""
+        return frozenset({"", *(v.strip().lower() for v in self.identity_blocked_values.split(","))})
 
     @property
     def bootstrap_list(self) -> list[str]:

@@ -62,6 +62,22 @@ class RedisLayout:
         """Hash scope -> the scope's ``SegmentSummaries`` JSON (the latest published)."""
         return f"{self.prefix}segment-summaries"
 
+    def identity(self, ident: str) -> str:
+        """String: the canonical profile id of an identifier (``anon:a1`` -> ``c-7``)."""
+        return f"{self.prefix}identity:{ident}"
+
+    def identity_group(self, canonical: str) -> str:
+        """String: JSON ``{"members": [...], "customer_id": ..., "first_ts": ...}`` of a group."""
+        return f"{self.prefix}identity-group:{canonical}"
+
+    def suppressed(self) -> str:
+        """Set of keyed hashes of erased identifiers (their later events are dropped)."""
+        return f"{self.prefix}suppressed"
+
+    def stats(self) -> str:
+        """Hash of counters: ``suppressed_events``, ``identity_merges``, ``identity_conflicts``, ..."""
+        return f"{self.prefix}stats"
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -92,6 +108,7 @@ class RedisProfileSink:
         self.stats = FlushStats()
         self._pending: dict[str, tuple[int, dict]] = {}
         self._moves: list[tuple[str, str, str | None, str]] = []
+        self._deletes: dict[str, list[tuple[str, str]]] = {}
         self._client: aioredis.Redis | None = None
         self._script = None
         self._lock = asyncio.Lock()
@@ -112,6 +129,14 @@ class RedisProfileSink:
         """Move a customer between the segment sets of a scope at the next flush."""
         self._moves.append((customer_id, scope, from_segment, to_segment))
 
+    def stage_delete(self, customer_id: str, segments: dict[str, str]) -> None:
+        """Remove a profile (merged away or erased) and its segment memberships at the next flush.
+
+        Anything staged for it before is dropped; the delete runs after this flush's moves.
+        """
+        self._pending.pop(customer_id, None)
+        self._deletes.setdefault(customer_id, []).extend(sorted(segments.items()))
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -123,10 +148,11 @@ class RedisProfileSink:
     async def flush(self) -> int:
         """Write everything staged; return how many hashes were written."""
         async with self._lock:
-            if not self._pending and not self._moves:
+            if not self._pending and not self._moves and not self._deletes:
                 return 0
             batch, self._pending = self._pending, {}
             moves, self._moves = self._moves, []
+            deletes, self._deletes = self._deletes, {}
             try:
                 pipe = self._connection().pipeline(transaction=False)
                 for customer_id, (version, fields) in batch.items():
@@ -142,6 +168,11 @@ class RedisProfileSink:
                         touched.add((scope, old))
                     pipe.sadd(self.layout.segment(scope, new), customer_id)
                     touched.add((scope, new))
+                for customer_id, memberships in deletes.items():
+                    pipe.delete(self.layout.profile(customer_id))
+                    for scope, segment in memberships:
+                        pipe.srem(self.layout.segment(scope, segment), customer_id)
+                        touched.add((scope, segment))
                 started = time.perf_counter()
                 results = (await pipe.execute())[: len(batch)]
                 if touched:
@@ -151,6 +182,8 @@ class RedisProfileSink:
                 for customer_id, (version, fields) in batch.items():
                     self.stage(customer_id, version, fields)
                 self._moves[:0] = moves
+                for customer_id, memberships in deletes.items():
+                    self.stage_delete(customer_id, dict(memberships))
                 self.stats.failed_flushes += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -249,6 +282,77 @@ class RedisJourneySink:
                     for key, value in values.items():
                         held.setdefault(key, value)
                 log.warning("Redis flush of journey counters failed (%s: %s); keeping them", type(exc).__name__, exc)
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class RedisIdentitySink:
+    """The identity graph's serving copy (lookups by any identifier, ``omniprofile export``),
+    the suppression list of erased identifiers and the identity counters; one pipeline per flush."""
+
+    def __init__(self, url: str, layout: RedisLayout, socket_timeout: float = 5.0) -> None:
+        self.url = url
+        self.layout = layout
+        self.socket_timeout = socket_timeout
+        self._ids: dict[str, str | None] = {}
+        self._groups: dict[str, bytes | None] = {}
+        self._suppressed: set[str] = set()
+        self._counts: dict[str, int] = {}
+        self._client: aioredis.Redis | None = None
+        self._lock = asyncio.Lock()
+
+    def stage_id(self, ident: str, canonical: str | None) -> None:
+        self._ids[ident] = canonical
+
+    def stage_group(self, canonical: str, document: bytes | None) -> None:
+        self._groups[canonical] = document
+
+    def stage_suppressed(self, digest: str) -> None:
+        self._suppressed.add(digest)
+
+    def count(self, name: str, by: int = 1) -> None:
+        self._counts[name] = self._counts.get(name, 0) + by
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not (self._ids or self._groups or self._suppressed or self._counts):
+                return
+            ids, self._ids = self._ids, {}
+            groups, self._groups = self._groups, {}
+            suppressed, self._suppressed = self._suppressed, set()
+            counts, self._counts = self._counts, {}
+            try:
+                if self._client is None:
+                    self._client = connect(self.url, self.socket_timeout)
+                pipe = self._client.pipeline(transaction=False)
+                for ident, canonical in ids.items():
+                    if canonical is None:
+                        pipe.delete(self.layout.identity(ident))
+                    else:
+                        pipe.set(self.layout.identity(ident), canonical)
+                for canonical, document in groups.items():
+                    if document is None:
+                        pipe.delete(self.layout.identity_group(canonical))
+                    else:
+                        pipe.set(self.layout.identity_group(canonical), document)
+                if suppressed:
+                    pipe.sadd(self.layout.suppressed(), *sorted(suppressed))
+                for name, by in counts.items():
+                    pipe.hincrby(self.layout.stats(), name, by)
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                for ident, canonical in ids.items():
+                    self._ids.setdefault(ident, canonical)
+                for canonical, document in groups.items():
+                    self._groups.setdefault(canonical, document)
+                self._suppressed |= suppressed
+                for name, by in counts.items():
+                    self.count(name, by)
+                log.warning("Redis flush of identities failed (%s: %s); keeping them", type(exc).__name__, exc)
 
     async def close(self) -> None:
         await self.flush()

@@ -50,6 +50,26 @@ class TopicNames:
         return f"{self.prefix}profiles.segment-summaries"
 
     @property
+    def identity(self) -> str:
+        """Stitching lineage (``IdentityChange``: merges, conflicts, capped groups), keyed by old id."""
+        return f"{self.prefix}profiles.identity"
+
+    @property
+    def audit(self) -> str:
+        """Privacy audit (``ErasureAudit``), keyed by request id."""
+        return f"{self.prefix}profiles.audit"
+
+    @property
+    def erasure_requests(self) -> str:
+        """Input: erasure requests (``{"identifier": ..., "request_id": ...}``), from any producer."""
+        return f"{self.prefix}privacy.erasure-requests"
+
+    @property
+    def identity_events(self) -> str:
+        """Internal, one partition: validated events on their way through the identity graph."""
+        return f"{self.prefix}omniprofile.identity-events"
+
+    @property
     def by_customer(self) -> str:
         """Internal: validated events re-keyed by customer, co-partitioned with the profile table."""
         return f"{self.prefix}omniprofile.events-by-customer"
@@ -71,12 +91,13 @@ class TopicNames:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.updates, self.segments, self.segment_summaries, self.hops, self.deadletter)
+        return (self.updates, self.segments, self.segment_summaries, self.hops, self.identity, self.audit,
+                self.deadletter)
 
     @property
     def public(self) -> tuple[str, ...]:
-        """The topics of the public contract (inputs and outputs)."""
-        return self.inputs + self.outputs
+        """The topics of the public contract (inputs, erasure requests and outputs)."""
+        return self.inputs + (self.erasure_requests,) + self.outputs
 
     def source_of(self, topic: str) -> str | None:
         """The source name of an input topic, or None for any other topic.

@@ -1,7 +1,8 @@
 """Expected profiles recomputed from the raw events with pandas, independently of models/.
 
-Only the contract and the documented rules are used: profile key (customer_id, else
-``anon:`` + anonymous_id), default channels per source, a session ends after more than
+Only the contract and the documented rules are used: profile key (identifiers on one event,
+or linked by an alias, are one customer: the customer_id of that group, else ``anon:`` +
+anonymous_id; plain union-find here), default channels per source, a session ends after more than
 30 minutes without an event, active days are distinct UTC dates, revenue is summed in
 cents, identify/alias events describe the person and not channel behaviour.
 """
@@ -28,10 +29,43 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def stitched_keys(events: list[tuple[str, dict]]) -> dict[str, str]:
+    """Identifier -> profile key of its connected group (union-find over the events' identifiers)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for _, e in events:
+        ids = [f"cid:{e['customer_id']}" if e.get("customer_id") else None,
+               f"anon:{e['anonymous_id']}" if e.get("anonymous_id") else None,
+               f"email:{e['email'].strip().lower()}" if e.get("email") else None]
+        if e["type"] == "alias":
+            ids.append(f"anon:{e['properties']['previous_id']}")
+        ids = [i for i in ids if i]
+        find(ids[0])
+        for other in ids[1:]:
+            parent[find(other)] = find(ids[0])
+    groups: dict[str, list[str]] = {}
+    for x in list(parent):
+        groups.setdefault(find(x), []).append(x)
+    keys = {}
+    for members in groups.values():
+        cids = sorted(m[4:] for m in members if m.startswith("cid:"))
+        assert len(cids) <= 1, f"the test data links two customers: {cids}"
+        key = cids[0] if cids else min(m for m in members if m.startswith("anon:"))
+        keys.update({m: key for m in members})
+    return keys
+
+
 def frame(events: list[tuple[str, dict]]) -> pd.DataFrame:
     """One row per distinct event (source, event dict)."""
     rows = []
     seen = set()
+    keys = stitched_keys(events)
     for source, e in events:
         if e["event_id"] in seen:
             continue
@@ -39,7 +73,7 @@ def frame(events: list[tuple[str, dict]]) -> pd.DataFrame:
         props = e.get("properties") or {}
         rows.append(
             {
-                "key": e.get("customer_id") or f"anon:{e['anonymous_id']}",
+                "key": keys[f"cid:{e['customer_id']}" if e.get("customer_id") else f"anon:{e['anonymous_id']}"],
                 "source": source,
                 "type": e["type"],
                 "ts": _ms(e["ts"]),

@@ -450,6 +450,7 @@ def expected_profile(records: list[dict[str, Any]], key: str, version: int = 1) 
         "identifiers": {
             "anonymous_ids": len({r["anonymous_id"] for r in records if r["anonymous_id"]}),
             "email_hashes": sorted({r["email_hash"] for r in records if r["email_hash"]}),
+            "merged_from": [],
         },
     }
 

@@ -33,7 +33,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 SETTING_NAMES = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
 PUBLIC_TOPICS = TopicNames().public
-COMPACTED = {TopicNames().updates, TopicNames().segment_summaries}  # the latest per key is all that matters
+COMPACTED = {TopicNames().updates, TopicNames().segment_summaries, TopicNames().identity}  # the latest per key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_kafka_init_script_creates_the_topics(run_init) -> None:
     assert set(state["topics"]) == expected
     for name, topic in state["topics"].items():
         assert topic["partitions"] == 3 and topic["rf"] == 1, (name, topic)
-        compacted = {TopicNames("shop1.").updates, TopicNames("shop1.").segment_summaries}
+        compacted = {TopicNames("shop1.").updates, TopicNames("shop1.").segment_summaries, TopicNames("shop1.").identity}
         assert ("cleanup.policy=compact" in topic["configs"]) == (name in compacted)
     creates = [c for c in state["calls"] if "--create" in c]
     assert len(creates) == len(expected) and all("--if-not-exists" in c for c in creates)

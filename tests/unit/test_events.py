@@ -44,6 +44,7 @@ RECORD_KEYS = {
     "event_id",
     "source",
     "type",
+    "device_id",
     "ts",
     "customer_id",
     "anonymous_id",

@@ -89,13 +89,12 @@ def oracle(events: list[dict]):
     return touches, hops, converted, credit, revenue
 
 
-def replay(events: list[dict], batches: list[list[dict]]):
-    state: dict = {"journey": None}
+def sum_deltas(deltas):
+    """The global counters (transitions, conversions, credit, revenue) that a stream of deltas adds up to."""
     hops, converted = Counter(), Counter()
     credit: dict[tuple[str, str], float] = defaultdict(float)
     revenue: dict[tuple[str, str], float] = defaultdict(float)
-    for batch in batches:
-        delta = record_journey(state, batch, WINDOW, HALFLIFE)
+    for delta in deltas:
         for h in delta.hops:
             pair = f"{h.from_channel}>{h.to_channel}"
             hops[pair] += h.sign
@@ -103,7 +102,13 @@ def replay(events: list[dict], batches: list[list[dict]]):
         for c in delta.credits:
             credit[(c.model, c.channel)] += c.credit
             revenue[(c.model, c.channel)] += c.revenue
-    return state, +hops, +converted, credit, revenue
+    return +hops, +converted, credit, revenue
+
+
+def replay(events: list[dict], batches: list[list[dict]]):
+    state: dict = {"journey": None}
+    deltas = [record_journey(state, batch, WINDOW, HALFLIFE) for batch in batches]
+    return (state, *sum_deltas(deltas))
 
 
 def batches_of(events: list[dict], rng: random.Random) -> list[list[dict]]:

@@ -17,7 +17,7 @@ FORBIDDEN = {"faust", "aiokafka", "kafka", "redis", "mode"}
 CORE_MODULES = (
     "models.events", "models.ingest", "models.profile", "models.view", "models.outputs", "models.synthetic",
     "models.features", "models.segments", "models.segmentation", "models.personas", "models.journeys",
-    "models.identity",
+    "models.identity", "models.stitching",
 )
 
 

@@ -1,0 +1,116 @@
+"""The profile side of a merge, as pure steps over profile states (plumbing: streams.agents).
+
+When the identity graph joins two groups, the surviving profile is told to :func:`expect` the
+absorbed one and holds its new events (:func:`receive`) until the absorbed profile's
+:func:`handover` arrives and is merged in (:func:`absorb`). Holding is what makes an event
+seen under both ids count once: the held events are folded after the absorbed history, so
+the joined deduplication window recognises them. A hold that outlives ``wait_ms`` is given up.
+
+Examples
+--------
+>>> s = expect(None, "c-7", "anon:a1", now_ms=0)
+>>> r = receive(s, [{"event_id": "e1"}], now_ms=10, wait_ms=1000)
+>>> r.waiting, r.state["pending"]["held"]
+(True, [{'event_id': 'e1'}])
+>>> a = absorb(r.state, handover("anon:a1", None, cause="e1"), now_ms=20)
+>>> a.waiting, a.records, a.merged, "pending" in a.state
+(False, [{'event_id': 'e1'}], False, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.journeys import JourneyDelta, merge_journey
+from models.profile import DAY_MS, DEFAULT_DEDUP_WINDOW, State, copy_state, merge_states, new_state
+
+
+def is_stub(state: State | None) -> bool:
+    """A key merged away: it only forwards what still arrives to the profile that absorbed it."""
+    return state is not None and "merged_into" in state
+
+
+def stub(into: str, now_ms: int) -> State:
+    return {"merged_into": into, "ts": now_ms}
+
+
+def expect(held: State | None, key: str, absorbed: str, now_ms: int) -> State:
+    """The state of ``key`` once told that ``absorbed`` is on its way to be merged in."""
+    state = copy_state(held) if held is not None else new_state(key)
+    pending = state.setdefault("pending", {"from": [], "held": [], "since": now_ms})
+    if absorbed not in pending["from"]:
+        pending["from"].append(absorbed)
+    pending["since"] = now_ms
+    return state
+
+
+@dataclass(slots=True)
+class Received:
+    state: State | None  # the state to store (waiting) or to fold the records into
+    records: list[dict[str, Any]]  # what to fold now
+    waiting: bool = False
+    gave_up: list[str] = field(default_factory=list)  # merges no longer waited for
+
+
+def receive(held: State | None, records: list[dict[str, Any]], now_ms: int, wait_ms: int) -> Received:
+    """New events for a profile: hold them while a merge into it is pending, else fold them."""
+    pending = held.get("pending") if held else None
+    if not pending:
+        return Received(held, records)
+    state = copy_state(held)
+    if now_ms - pending["since"] < wait_ms:
+        state["pending"]["held"].extend(records)
+        return Received(state, [], waiting=True)
+    given_up = state.pop("pending")
+    return Received(state, given_up["held"] + records, gave_up=given_up["from"])
+
+
+def handover(key: str, held: State | None, cause: str | None) -> dict[str, Any]:
+    """What a profile merged away sends to the survivor: its state (None when it has no events)
+    and whatever it was itself still waiting for."""
+    state = copy_state(held) if held is not None else None
+    pending = state.pop("pending", None) if state is not None else None
+    return {
+        "op": "absorb",
+        "from": key,
+        "cause": cause,
+        "state": state if state is not None and state["events"] else None,
+        "pending": pending["from"] if pending else [],
+        "held": pending["held"] if pending else [],
+    }
+
+
+@dataclass(slots=True)
+class Absorbed:
+    state: State
+    records: list[dict[str, Any]]  # held events to fold now (none while still waiting)
+    waiting: bool  # other merges are still pending: store the state, fold nothing yet
+    merged: bool  # a history was merged in (score and publish even if no event is new)
+    withdrawn: JourneyDelta = field(default_factory=JourneyDelta)  # the absorbed timeline's counters, reversed
+    added: JourneyDelta = field(default_factory=JourneyDelta)  # what its touches add to this timeline
+
+
+def absorb(
+    held: State,
+    message: dict[str, Any],
+    now_ms: int,
+    dedup_window: int = DEFAULT_DEDUP_WINDOW,
+    window_ms: int = 7 * DAY_MS,
+    halflife_ms: int = DAY_MS,
+) -> Absorbed:
+    """Merge a :func:`handover` into ``held`` (rules: :func:`models.profile.merge_states`)."""
+    state = copy_state(held)
+    pending = state.pop("pending", None) or {"from": [], "held": [], "since": now_ms}
+    waiting = [x for x in pending["from"] if x != message["from"]] + list(message["pending"])
+    records = pending["held"] + message["held"]
+    other = message["state"]
+    result = Absorbed(state, [], bool(waiting), other is not None)
+    if other is not None:
+        result.state = merge_states(state, other, dedup_window)
+        result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
+    if waiting:
+        result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}
+    else:
+        result.records = records
+    return result

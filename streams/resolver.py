@@ -1,0 +1,226 @@
+"""Identity resolution in the stream: every validated event passes the identity graph, which
+names the profile it belongs to, before it reaches the profile agents.
+
+The graph (:mod:`models.identity`) lives in a Faust table on a one-partition topic: a
+connected group can span any identifiers, so it is resolved in one place, in order. The
+profile agents never read another partition: a merge travels as messages on the
+co-partitioned ``events-by-customer`` topic (README: "Identity"):
+
+1. ``expect`` to the surviving profile: hold new events until the absorbed history arrives;
+2. ``merge_into`` to the absorbed profile: it sends its state on (``absorb``), leaves a
+   forwarding stub and becomes a tombstone on ``profiles.updates``;
+3. the events, keyed by the surviving canonical id.
+
+An erasure request removes the person's group from the graph, keeps keyed hashes of their
+identifiers as suppressions (later events are dropped and counted), sends ``forget`` to
+every profile key of the group and writes an audit record.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+import orjson
+
+from models.events import hash_identifier
+from models.identity import (
+    SUPPRESSED_PREFIX,
+    LinkResult,
+    canonical_key,
+    erase,
+    event_identifiers,
+    link,
+    parse_identifier,
+    store_changes,
+    store_graph,
+)
+from models.ingest import Rejection
+from models.outputs import SCHEMA_VERSION
+from streams.agents import guarded, iso_ms, now_iso, send_by_customer, send_dead_letter
+from streams.app import Wiring
+
+log = logging.getLogger(__name__)
+
+
+class Resolver:
+    """The identity stage: the graph, the suppression list and their Redis copy."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        s = wiring.settings
+        self.wiring = wiring
+        self.table = wiring.identity
+        self.sink = wiring.identity_sink
+        self.blocked = s.blocked_values
+        self.max_identifiers = s.identity_max_identifiers
+        self.hash_key = s.hash_key.get_secret_value().encode()
+
+    def _get(self, key: str) -> object:
+        return self.table.get(key.encode())
+
+    def digest(self, ident: str) -> str:
+        return hash_identifier(ident, self.hash_key)
+
+    def suppressed(self, idents: list[str]) -> bool:
+        return any(self._get(SUPPRESSED_PREFIX + self.digest(i)) is not None for i in idents)
+
+    async def handle(self, value: bytes) -> None:
+        message = orjson.loads(value)
+        if "erase" in message:
+            await self.erase(message["erase"])
+            return
+        routed: list[tuple[str, dict]] = []
+        renamed: dict[str, str] = {}
+        for record in message["records"]:
+            idents = event_identifiers(record, self.blocked)
+            if self.suppressed(idents):
+                # An erased person: the event is dropped and counted, never stored.
+                self.sink.count("suppressed_events")
+                continue
+            graph, ids, groups = store_graph(self._get)
+            result = link(graph, idents, record["ts"], self.max_identifiers)
+            self._write(store_changes(ids, groups))
+            for absorbed, survivor in result.merges:
+                await self._merge(absorbed, survivor, record)
+                renamed[absorbed] = survivor
+            await self._report(result, record)
+            routed.append((result.canonical, record))
+        batches: dict[str, list[dict]] = {}
+        for canonical, record in routed:
+            while canonical in renamed:  # merged by a later event of the same message
+                canonical = renamed[canonical]
+            batches.setdefault(canonical, []).append(record)
+        for canonical, records in batches.items():
+            await send_by_customer(self.wiring, canonical.encode(), orjson.dumps(records))
+
+    def _write(self, changes: dict[str, object]) -> None:
+        for key, value in changes.items():
+            raw = key.encode()
+            if value is None:
+                if raw in self.table:
+                    del self.table[raw]
+            else:
+                self.table[raw] = value
+            kind, _, name = key.partition("|")
+            if kind == "i":
+                self.sink.stage_id(name, value)  # type: ignore[arg-type]
+            elif kind == "g":
+                self.sink.stage_group(name, None if value is None else orjson.dumps(value))
+
+    async def _merge(self, absorbed: str, survivor: str, record: dict) -> None:
+        cause = record["event_id"]
+        expect = {"op": "expect", "from": absorbed, "cause": cause}
+        # The survivor must hear "expect" before the absorbed profile's state can reach it.
+        await (await send_by_customer(self.wiring, survivor.encode(), orjson.dumps(expect)))
+        merge = {"op": "merge_into", "into": survivor, "cause": cause}
+        await send_by_customer(self.wiring, absorbed.encode(), orjson.dumps(merge))
+        await self._lineage("merge", absorbed, survivor, None, record)
+        self.sink.count("identity_merges")
+        log.info("Merged profile %s into %s (event %s)", absorbed, survivor, cause)
+
+    async def _report(self, result: LinkResult, record: dict) -> None:
+        for ident, group, target in result.conflicts:
+            await self._lineage("conflict", group, target, ident, record)
+            self.sink.count("identity_conflicts")
+            log.warning("Identity conflict: %s belongs to %s; event %s names %s; not merged",
+                        ident, group, record["event_id"], target)
+        for ident in result.capped:
+            await self._lineage("capped", result.canonical or "", result.canonical or "", ident, record)
+            self.sink.count("identity_capped")
+
+    async def _lineage(self, kind: str, old: str, canonical: str, ident: str | None, record: dict) -> None:
+        change = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "old_id": old,
+            "canonical_id": canonical,
+            "identifier": ident,
+            "event_id": record["event_id"],
+            "event_ts": iso_ms(record["ts"]),
+            "ts": now_iso(),
+        }
+        await self.wiring.identity_topic.send(key=old.encode(), value=orjson.dumps(change))
+
+    async def erase(self, request: dict) -> None:
+        ident = request["identifier"]
+        graph, ids, groups = store_graph(self._get)
+        canonical, members = erase(graph, ident)
+        self._write(store_changes(ids, groups))
+        for member in members:
+            digest = self.digest(member)
+            self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
+            self.sink.stage_suppressed(digest)
+        keys = sorted({canonical_key(m) for m in members} | ({canonical} if canonical else set()))
+        for key in keys:
+            await send_by_customer(self.wiring, key.encode(), orjson.dumps({"op": "forget"}))
+            await self.wiring.identity_topic.send(key=key.encode(), value=None)  # lineage tombstone
+        audit = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "erasure",
+            "request_id": request["request_id"],
+            "subject_hash": self.digest(ident),
+            "found": canonical is not None,
+            "identifiers": len(members),
+            "profiles": len(keys),
+            "requested_by": request.get("requested_by") or "unknown",
+            "requested_ts": request.get("requested_ts") or now_iso(),
+            "ts": now_iso(),
+        }
+        await self.wiring.audit_topic.send(key=request["request_id"].encode(), value=orjson.dumps(audit))
+        self.sink.count("erasures")
+        log.info("Erasure %s: %d identifiers, %d profile keys", request["request_id"], len(members), len(keys))
+
+
+def erasure_request(value: bytes | None, hash_key: bytes, where: str) -> dict:
+    """Validate an erasure request from the public topic; raise ValueError naming the fix.
+
+    ``{"identifier": "c-7" | "anon:..." | "device:..." | "social:<platform>:<handle>"}`` or
+    ``{"email": "a@b.example"}`` / ``{"phone": "+44..."}`` (hashed here, never kept in clear),
+    with optional ``request_id`` and ``requested_by``.
+    """
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"erasure request is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("erasure request must be a JSON object")
+    ident = None
+    if isinstance(body.get("email"), str) and "@" in body["email"]:
+        ident = "email:" + hash_identifier(body["email"].strip().lower(), hash_key)
+    elif isinstance(body.get("phone"), str) and any(ch.isdigit() for ch in body["phone"]):
+        digits = "".join(ch for ch in body["phone"] if ch.isdigit() or ch == "+")
+        ident = "phone:" + hash_identifier(digits, hash_key)
+    elif isinstance(body.get("identifier"), str):
+        ident = parse_identifier(body["identifier"])
+    if ident is None:
+        raise ValueError('erasure request needs "identifier" (a customer id, or anon:/device:/social:... form), '
+                         '"email" or "phone"')
+    return {
+        "identifier": ident,
+        "request_id": str(body.get("request_id") or where),
+        "requested_by": str(body.get("requested_by") or "topic"),
+        "requested_ts": str(body.get("requested_ts") or now_iso()),
+    }
+
+
+def register_identity(app: faust.App, wiring: Wiring) -> None:
+    resolver = Resolver(wiring)
+    hash_key = wiring.settings.hash_key.get_secret_value().encode()
+
+    @app.agent(wiring.identity_events_topic, name="resolve_identities")
+    async def resolve_identities(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await guarded(wiring, event, lambda e: resolver.handle(e.value))
+
+    @app.agent(wiring.erasure_topic, name="erasure_requests")
+    async def erasure_requests(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            where = f"{message.topic}/{message.partition}/{message.offset}"
+            try:
+                request = erasure_request(event.value, hash_key, where)
+            except ValueError as exc:
+                await send_dead_letter(wiring, message, Rejection(str(exc), event.value or b""))
+                continue
+            await guarded(wiring, event, lambda e: wiring.identity_events_topic.send(
+                key=b"erase", value=orjson.dumps({"erase": request})))

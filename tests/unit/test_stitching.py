@@ -1,0 +1,81 @@
+"""The profile side of a merge: held events, hand-over, absorb, chained merges, giving up.
+
+Expected results are recounted from the events in the test (distinct event ids, their
+revenue), not taken from the code under test."""
+
+from __future__ import annotations
+
+from models.profile import apply_events
+from models.stitching import absorb, expect, handover, is_stub, receive, stub
+
+WAIT = 30_000
+
+
+def fold(received_state, records):
+    return apply_events(received_state, "c-1", records).state if records else received_state
+
+
+def recount(*batches):
+    distinct = {r["event_id"]: r for batch in batches for r in batch}
+    revenue = sum(round(r["properties"].get("revenue", 0) * 100) for r in distinct.values())
+    return len(distinct), revenue
+
+
+def test_an_event_seen_under_both_ids_counts_once(ref):
+    anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(5)]
+    anon.append(ref.record("buy", "purchase", 2_000, customer_id=None, anonymous_id="x", revenue=30.0))
+    absorbed = apply_events(None, "anon:x", anon).state
+    # the survivor expects the merge, then receives the redelivered events and a new one
+    survivor = expect(None, "c-1", "anon:x", now_ms=0)
+    again = [*anon[:3], anon[-1], ref.record("new", "page_view", 3_000)]
+    r = receive(survivor, again, now_ms=10, wait_ms=WAIT)
+    assert r.waiting and r.records == []
+    a = absorb(r.state, handover("anon:x", absorbed, cause="login"), now_ms=20)
+    assert not a.waiting and a.merged and "pending" not in a.state
+    state = fold(a.state, a.records)
+    events, revenue = recount(anon, again)
+    assert state["events"] == events == 7
+    assert state["all"]["revenue_cents"] == revenue == 3000
+    assert state["merged_from"] == ["anon:x"]
+
+
+def test_without_a_pending_merge_events_are_folded_at_once(ref):
+    held = apply_events(None, "c-1", [ref.record("e1", "page_view", 1)]).state
+    r = receive(held, [ref.record("e2", "page_view", 2)], now_ms=0, wait_ms=WAIT)
+    assert not r.waiting and [x["event_id"] for x in r.records] == ["e2"] and r.state is held
+
+
+def test_a_merge_that_never_arrives_is_given_up_and_the_held_events_applied(ref):
+    survivor = expect(None, "c-1", "anon:x", now_ms=0)
+    first = receive(survivor, [ref.record("e1", "page_view", 1)], now_ms=10, wait_ms=WAIT)
+    late = receive(first.state, [ref.record("e2", "page_view", 2)], now_ms=WAIT + 1, wait_ms=WAIT)
+    assert not late.waiting and late.gave_up == ["anon:x"]
+    assert [x["event_id"] for x in late.records] == ["e1", "e2"] and "pending" not in late.state
+
+
+def test_chained_merges_wait_for_every_history(ref):
+    """y is merged into x while x is being merged into c-1: c-1 waits for both histories."""
+    y_events = [ref.record(f"y{i}", "page_view", 10 + i, customer_id=None, anonymous_id="y") for i in range(3)]
+    x_events = [ref.record(f"x{i}", "page_view", 20 + i, customer_id=None, anonymous_id="x") for i in range(2)]
+    y = apply_events(None, "anon:y", y_events).state
+    x = expect(apply_events(None, "anon:x", x_events).state, "anon:x", "anon:y", now_ms=0)
+    x = receive(x, [ref.record("x-held", "page_view", 30, customer_id=None, anonymous_id="x")], 1, WAIT).state
+    survivor = expect(None, "c-1", "anon:x", now_ms=2)
+    # x is merged away first, still waiting for y: its hand-over carries that wait and its held event
+    step = absorb(survivor, handover("anon:x", x, cause="login"), now_ms=3)
+    assert step.waiting and step.records == [] and step.state["pending"]["from"] == ["anon:y"]
+    # y's hand-over reaches c-1 through x's stub
+    assert is_stub(stub("c-1", 4))
+    done = absorb(step.state, handover("anon:y", y, cause="link"), now_ms=5)
+    assert not done.waiting
+    state = fold(done.state, done.records)
+    events, _ = recount(y_events, x_events, [{"event_id": "x-held", "properties": {}}])
+    assert state["events"] == events == 6
+    assert sorted(state["merged_from"]) == ["anon:x", "anon:y"]
+
+
+def test_a_profile_without_events_hands_over_nothing_but_its_wait():
+    x = expect(None, "anon:x", "anon:y", now_ms=0)
+    message = handover("anon:x", x, cause="e")
+    assert message["state"] is None and message["pending"] == ["anon:y"]
+    assert handover("anon:z", None, cause="e")["state"] is None
