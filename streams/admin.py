@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -85,25 +86,47 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**client_options(settings), **options)
 
 
-def read_topic(settings: Settings, topic: str, idle_ms: int = 2000) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a topic from the beginning, until no message came for ``idle_ms``."""
+def read_topic(
+    settings: Settings, topic: str, idle_ms: int = 1500, timeout_s: float = 60.0
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic from the beginning, until it has gone quiet.
+
+    Reads at least up to the end offsets reported at the start (so a slow partition is never
+    taken for an empty one), then on until no message came for ``idle_ms``: Tansu can report
+    an end offset short of the last multi-record batch, so the end offsets alone are not
+    enough. Raises ``TimeoutError`` after ``timeout_s``.
+    """
     consumer = KafkaConsumer(
         **client_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
-        consumer_timeout_ms=idle_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+        consumer.assign(partitions)
         consumer.seek_to_beginning()
-        for message in consumer:
-            yield message.key, message.value
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while True:
+            batch = consumer.poll(timeout_ms=200)
+            for records in batch.values():
+                for message in records:
+                    yield message.key, message.value
+            now = time.monotonic()
+            if batch:
+                quiet_since = now
+            behind = {tp.partition: end - consumer.position(tp) for tp, end in ends.items()
+                      if consumer.position(tp) < end}
+            if not behind and now - quiet_since >= idle_ms / 1000:
+                return
+            if now > deadline:
+                raise TimeoutError(f"{topic}: not read to its end after {timeout_s:.0f} s (messages left by "
+                                   f"partition: {behind}); is the broker at {settings.kafka_bootstrap_servers} up?")
     finally:
         consumer.close()
-
 
 
 class OutputFollower:

@@ -77,7 +77,7 @@ def test_generate_publishes_to_the_input_topics(broker, redis_server, tmp_path):
     ensure_topics(settings, names.inputs)
     published = 0
     for source_topic in names.inputs:
-        for _, value in read_topic(settings, source_topic, idle_ms=1000):
+        for _, value in read_topic(settings, source_topic):
             decoded = orjson.loads(value)
             published += len(decoded) if isinstance(decoded, list) else 1
     written = len((tmp_path / "e.jsonl").read_bytes().splitlines())
