@@ -55,28 +55,36 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-async def guarded(
-    wiring: Wiring, event: faust.EventT, handle: Callable[[faust.EventT], Awaitable[None]]
-) -> None:
-    """Run ``handle(event)``; retry, then dead-letter the message. Never raises."""
-    message = event.message
+async def retried(what: str, handle: Callable[[], Awaitable[None]]) -> str | None:
+    """Run ``handle()``, retrying failures a bounded number of times.
+
+    Returns None when it succeeded, else the reason it finally failed (for the dead letter).
+    """
     for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
         try:
-            await handle(event)
-            return
+            await handle()
+            return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the agent must survive any input
             if delay is None:
                 reason = f"internal error after {attempt} attempts: {type(exc).__name__}: {exc}"
-                log.exception("Dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-                await send_dead_letter(wiring, message, Rejection(reason, event.value or b""))
-                return
-            log.warning(
-                "Processing %s[%d]@%d failed (%s: %s); retrying in %.1f s",
-                message.topic, message.partition, message.offset, type(exc).__name__, exc, delay,
-            )
+                log.exception("Giving up on %s: %s", what, reason)
+                return reason
+            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
+    return None  # pragma: no cover - the loop always returns
+
+
+async def guarded(
+    wiring: Wiring, event: faust.EventT, handle: Callable[[faust.EventT], Awaitable[None]]
+) -> None:
+    """Run ``handle(event)``; retry, then dead-letter the message. Never raises."""
+    message = event.message
+    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    reason = await retried(f"processing {where}", lambda: handle(event))
+    if reason is not None:
+        await send_dead_letter(wiring, message, Rejection(reason, event.value or b""))
 
 
 async def send_dead_letter(wiring: Wiring, message: faust.types.Message, rejection: Rejection) -> None:
@@ -87,13 +95,13 @@ async def send_dead_letter(wiring: Wiring, message: faust.types.Message, rejecti
         log.exception("Could not dead-letter %s[%d]@%d", message.topic, message.partition, message.offset)
 
 
-async def route_message(wiring: Wiring, event: faust.EventT) -> None:
-    """Validate one input message; dead-letter the invalid part, pass the rest to identity resolution."""
+def validate_message(wiring: Wiring, event: faust.EventT) -> tuple[list[dict], list[Rejection]]:
+    """One input message: its valid records, and a rejection for each invalid part."""
     message = event.message
     settings = wiring.settings
     source = wiring.names.source_of(message.topic)
     if source is None:
-        raise RuntimeError(f"message from unexpected topic {message.topic!r}")
+        return [], [Rejection(f"message from unexpected topic {message.topic!r}", event.value or b"")]
     decoded = decode_message(
         source,
         event.value,
@@ -101,23 +109,64 @@ async def route_message(wiring: Wiring, event: faust.EventT) -> None:
         settings.hash_key.get_secret_value().encode(),
         settings.max_event_bytes,
     )
-    for rejection in decoded.rejections:
-        await send_dead_letter(wiring, message, rejection)
+    rejections = list(decoded.rejections)
     records = []
     for index, record in enumerate(decoded.records):
         if event_identifiers(record, settings.blocked_values):
             records.append(record)
             continue
-        await send_dead_letter(wiring, message, Rejection(
+        rejections.append(Rejection(
             "no usable identifier: customer_id, anonymous_id and email are missing or placeholder values "
             "(OMNIPROFILE_IDENTITY_BLOCKED_VALUES); send a real id",
             orjson.dumps(record), index if len(decoded.records) > 1 else None,
         ))
-    if records:
+    return records, rejections
+
+
+def chunks(records: list, max_bytes: int) -> list[bytes]:
+    """JSON arrays of ``records``, each at most about ``max_bytes`` (one record may exceed it)."""
+    out: list[bytes] = []
+    part: list[bytes] = []
+    size = 0
+    for record in records:
+        raw = orjson.dumps(record)
+        if part and size + len(raw) > max_bytes:
+            out.append(b"[" + b",".join(part) + b"]")
+            part, size = [], 0
+        part.append(raw)
+        size += len(raw) + 1
+    if part:
+        out.append(b"[" + b",".join(part) + b"]")
+    return out
+
+
+async def route_batch(wiring: Wiring, events: list[faust.EventT]) -> None:
+    """Validate a batch of input messages: dead-letter the invalid parts, and pass every valid
+    record on to identity resolution in as few messages as the size limit allows."""
+    records: list[dict] = []
+    for event in events:
+        try:
+            valid, rejections = validate_message(wiring, event)
+        except Exception as exc:  # noqa: BLE001 - validation is pure; a bug must not stop the batch
+            log.exception("Validating %s[%d]@%d failed", event.message.topic, event.message.partition,
+                          event.message.offset)
+            valid, rejections = [], [Rejection(f"internal error: {type(exc).__name__}: {exc}", event.value or b"")]
+        for rejection in rejections:
+            await send_dead_letter(wiring, event.message, rejection)
+        records.extend(valid)
+    if not records:
+        return
+    parts = chunks(records, wiring.settings.internal_message_bytes)
+
+    async def send() -> None:
         # One partition: identity resolution sees every event, in order (streams.resolver).
-        await wiring.identity_events_topic.send(
-            key=profile_key(records[0]).encode(), value=orjson.dumps({"records": records})
-        )
+        for part in parts:
+            await wiring.identity_events_topic.send(key=b"records", value=b'{"records":' + part + b"}")
+
+    reason = await retried(f"passing {len(records)} events to identity resolution", send)
+    if reason is not None:  # every message of the batch goes to the dead letters, to be replayed
+        for event in events:
+            await send_dead_letter(wiring, event.message, Rejection(reason, event.value or b""))
 
 
 async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.types.FutureMessage:
@@ -148,6 +197,9 @@ async def update_profile(
         await rescore_profile(wiring, models, key)
         return
     message = orjson.loads(event.value)
+    if isinstance(message, dict) and "batch" in message:
+        await update_batch(wiring, models, event, message["batch"], journeys)
+        return
     held = wiring.profiles.get(key)
     if stitching.is_stub(held):
         await forward_from_stub(wiring, key, held, message, event.value)
@@ -166,6 +218,54 @@ async def update_profile(
         await forget(wiring, key, held)
     else:
         raise ValueError(f"unknown message on the profile topic: {str(message)[:80]}")
+
+
+async def update_batch(
+    wiring: Wiring, models: ModelCache, event: faust.EventT, batch: dict[str, list], journeys: JourneyBuffer | None
+) -> None:
+    """The events of several customers of this partition (one message from the identity stage);
+    each customer is retried, and dead-lettered, on its own."""
+    for customer, records in batch.items():
+        key = customer.encode()
+
+        async def handle() -> None:
+            held = wiring.profiles.get(key)
+            if stitching.is_stub(held):
+                await forward_from_stub(wiring, key, held, records, orjson.dumps(records))
+            else:
+                await receive_records(wiring, models, key, held, records, journeys)
+
+        reason = await retried(f"the events of profile {customer}", handle)
+        if reason is not None:
+            await send_dead_letter(wiring, event.message, Rejection(reason, orjson.dumps(records)))
+
+
+def partition_batches(routed: dict[str, list[dict]], partitions: int, max_bytes: int) -> list[tuple[int, bytes]]:
+    """Customer -> records as ``{"batch": {customer: records}}`` messages, one per partition of the
+    profile topic, split when one would pass ``max_bytes`` (a customer's records stay together)."""
+    by_partition: dict[int, list[bytes]] = {}
+    for customer, records in routed.items():
+        entry = orjson.dumps(customer) + b":" + orjson.dumps(records)
+        by_partition.setdefault(partition_of(customer.encode(), partitions), []).append(entry)
+    out: list[tuple[int, bytes]] = []
+    for partition, entries in by_partition.items():
+        part: list[bytes] = []
+        size = 0
+        for entry in entries:
+            if part and size + len(entry) > max_bytes:
+                out.append((partition, b'{"batch":{' + b",".join(part) + b"}}"))
+                part, size = [], 0
+            part.append(entry)
+            size += len(entry) + 1
+        out.append((partition, b'{"batch":{' + b",".join(part) + b"}}"))
+    return out
+
+
+async def send_batches(wiring: Wiring, routed: dict[str, list[dict]]) -> None:
+    """Pass routed records on to the profile topic: one message per partition (see partition_batches)."""
+    s = wiring.settings
+    for partition, value in partition_batches(routed, s.partitions, s.internal_message_bytes):
+        await wiring.by_customer_topic.send(value=value, partition=partition)
 
 
 async def receive_records(
@@ -333,10 +433,14 @@ async def aggregate_journey(wiring: Wiring, event: faust.EventT) -> None:
     daily = wiring.journey_daily
     daily[key] += value
     sink.stage_window("day", day_ms - day_ms % 86_400_000, key, daily[key].value())
-    weekly = wiring.journey_weekly
-    weekly[key] += value
-    for start, end in weekly.table.window.ranges(event.message.timestamp):
-        sink.stage_window("7d", int(start * 1000), key, weekly.table.data.get((key, (start, end)), 0.0))
+    # The 7-day windows (sliding by a day) are sums of 7 daily windows, read here rather than kept
+    # in a hopping table of their own: that table wrote 7 changelog records per delta.
+    table = daily.table
+    day_s = day_ms // 86_400_000 * 86_400
+    days = {d: table.data.get((key, table.window.ranges(d)[0]), 0.0)
+            for d in range(day_s - 6 * 86_400, day_s + 7 * 86_400, 86_400)}
+    for start in range(day_s - 6 * 86_400, day_s + 86_400, 86_400):
+        sink.stage_window("7d", start * 1000, key, sum(days[start + i * 86_400] for i in range(7)))
 
 
 async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
@@ -491,10 +595,14 @@ class Summarizer:
 
 
 def register_agents(app: faust.App, wiring: Wiring) -> None:
+    settings = wiring.settings
+
     @app.agent(wiring.input_topic, name="validate_events")
     async def validate_events(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await guarded(wiring, event, lambda e: route_message(wiring, e))
+        # Batches of input messages (acked after the batch is passed on): one message to the
+        # identity stage per batch instead of one per event.
+        async for events in stream.take_events(settings.batch_max_messages, within=settings.batch_wait_ms / 1000):
+            await route_batch(wiring, list(events))
 
     from streams.resolver import register_identity
 

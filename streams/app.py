@@ -46,7 +46,6 @@ class Wiring:
     identity: faust.Table
     segment_models: faust.GlobalTable
     journey_daily: Any  # windowed tables (faust WindowWrapper): counter -> value per window
-    journey_weekly: Any
     journey_totals: faust.Table
     sink: RedisProfileSink
     journey_sink: RedisJourneySink
@@ -76,7 +75,7 @@ def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
 
 def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
     """The journey counters (transitions, conversions, attribution credit) per event-time
-    window: whole UTC days, and 7 days sliding by a day; plus all-time totals."""
+    window of a whole UTC day, and all-time totals. The 7-day windows are sums of daily ones."""
     day = timedelta(days=1)
     retention = timedelta(days=settings.journey_retention_days)
     # key_type str: Faust serialises these tables as JSON (windowed keys are (key, (start, end))).
@@ -84,9 +83,6 @@ def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
     return {
         "journey_daily": app.Table("journeys-daily", help="journey counters per day", **options)
         .tumbling(day, expires=retention)
-        .relative_to_stream(),
-        "journey_weekly": app.Table("journeys-7d", help="journey counters per 7 days, sliding daily", **options)
-        .hopping(7 * day, day, expires=retention)
         .relative_to_stream(),
         "journey_totals": app.Table("journeys-total", help="journey counters since the start", **options),
     }

@@ -37,7 +37,7 @@ from models.identity import (
 )
 from models.ingest import Rejection
 from models.outputs import SCHEMA_VERSION
-from streams.agents import guarded, iso_ms, now_iso, send_by_customer, send_dead_letter
+from streams.agents import guarded, iso_ms, now_iso, send_batches, send_by_customer, send_dead_letter
 from streams.app import Wiring
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class Resolver:
             while canonical in renamed:  # merged by a later event of the same message
                 canonical = renamed[canonical]
             batches.setdefault(canonical, []).append(record)
-        for canonical, records in batches.items():
-            await send_by_customer(self.wiring, canonical.encode(), orjson.dumps(records))
+        await send_batches(self.wiring, batches)
 
     def _write(self, changes: dict[str, object]) -> None:
         for key, value in changes.items():

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     journey_retention_days: int = Field(default=35, ge=8, le=3650)
     journey_flush_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
 
+    # Batching between the stages
+    batch_max_messages: int = Field(default=500, ge=1, le=100_000)
+    batch_wait_ms: int = Field(default=20, ge=1, le=10_000)
+    internal_message_bytes: int = Field(default=262_144, ge=1024, le=8 * 1024 * 1024)
+
     # Identity
     identity_max_identifiers: int = Field(default=50, ge=2, le=10_000)
     identity_blocked_values: str = ",".join(sorted(BLOCKED_VALUES - {""}))

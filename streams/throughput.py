@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -75,6 +76,45 @@ def proc_peak_rss_mb(pid: int) -> float:
 def self_usage() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+class LatencyMeter:
+    """Publish-to-ProfileUpdate latency per event, for events keyed by customer id.
+
+    Every event of a customer is published in order to one partition, so a ProfileUpdate whose
+    profile counts ``n`` events accounts for the customer's first ``n``: each of those not yet
+    matched gets the update's arrival time minus its own publish time.
+    """
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[float]] = {}
+        self.matched: dict[str, int] = {}
+        self.latencies: list[float] = []
+
+    def published(self, customer: str, at: float) -> None:
+        self.sent.setdefault(customer, []).append(at)
+
+    def updated(self, customer: str, events: int, at: float) -> None:
+        times = self.sent.get(customer, [])
+        done = self.matched.get(customer, 0)
+        for t in times[done:events]:
+            self.latencies.append(at - t)
+        self.matched[customer] = max(done, min(events, len(times)))
+
+    @property
+    def pending(self) -> int:
+        return sum(len(t) for t in self.sent.values()) - len(self.latencies)
+
+    def percentiles(self) -> dict[str, float]:
+        """p50, p99 and p999 in milliseconds (nearest rank)."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return {"p50_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0}
+
+        def rank(q: float) -> float:
+            return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))] * 1000
+
+        return {"p50_ms": rank(0.5), "p99_ms": rank(0.99), "p999_ms": rank(0.999)}
 
 
 # --- the contenders that run as children of the bench (python -m streams.throughput ...) ----------
@@ -225,6 +265,67 @@ def run_worker(settings_env: dict[str, str], events: int, workdir: Path, name: s
     return Result(name, events, elapsed, cpu, rss, note=f"{workers} worker(s)")
 
 
+def run_latency(settings_env: dict[str, str], rates: list[float], seconds: float, workdir: Path,
+                timeout: float) -> list[dict[str, float]]:
+    """Publish at each fixed rate for ``seconds`` to one worker; publish-to-update latency percentiles.
+
+    The events are page views of their own customers (customer ids only, so no merges), sent one
+    per message, keyed by customer, stamped with the current time; an independent consumer reads
+    ``profiles.updates`` with a short fetch wait so that its own polling adds little.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.admin import client_options, producer
+    from streams.commands import Worker, worker_env
+    from streams.settings import load_settings
+
+    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in settings_env.items()})
+    names = TopicNames(settings.topic_prefix)
+    worker = Worker(worker_env(dict(settings_env, OMNIPROFILE_DATA_DIR=str(workdir / "latency-data"))),
+                    workdir / "omniprofile-latency.log")
+    consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None,
+                             fetch_max_wait_ms=5, auto_offset_reset="latest")
+    prod = producer(settings, linger_ms=0)
+    results = []
+    try:
+        worker.wait_ready()
+        parts = [TopicPartition(names.updates, p) for p in sorted(consumer.partitions_for_topic(names.updates) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_end()
+        for step, rate in enumerate(rates):
+            meter = LatencyMeter()
+            total = max(1, int(rate * seconds))
+            customers = max(20, total // 10)
+            start = time.perf_counter()
+            sent = 0
+            while sent < total or meter.pending:
+                now = time.perf_counter()
+                if now - start > seconds + timeout:
+                    raise RuntimeError(f"latency at {rate:,.0f} events/s: {meter.pending:,} events without an "
+                                       f"update after {timeout:.0f} s; see {worker.log_path}")
+                while sent < total and start + sent / rate <= now:
+                    customer = f"lat{step}-{sent % customers}"
+                    body = {"event_id": f"{customer}-{sent}", "type": "page_view", "ts": int(time.time() * 1000),
+                            "customer_id": customer, "channel": "web",
+                            "properties": {"url": f"/p/{sent % 97}", "category": "shoes"}}
+                    prod.send(names.source("clickstream"), key=customer.encode(), value=orjson.dumps(body))
+                    meter.published(customer, time.perf_counter())
+                    sent += 1
+                for records in consumer.poll(timeout_ms=2, max_records=10_000).values():
+                    arrived = time.perf_counter()
+                    for record in records:
+                        if record.value is not None:
+                            update = orjson.loads(record.value)
+                            meter.updated(record.key.decode(), update["profile"]["events"], arrived)
+            results.append({"rate": rate, "events": total, **meter.percentiles()})
+            time.sleep(2)  # let the worker go idle between the rates
+    finally:
+        prod.close()
+        consumer.close()
+        worker.stop()
+    return results
+
+
 def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]:
     """Profile read latency (HGETALL, one round trip each) and memory per customer, sampled."""
     import redis
@@ -250,6 +351,9 @@ def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]
     }
 
 
+CONTENDERS = ("raw", "naive", "single", "latency", "batched", "two")
+
+
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from models.synthetic import generate
     from streams.admin import ensure_topics
@@ -267,7 +371,14 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     results: list[Result] = []
     extra: dict[str, Any] = {}
     try:
-        def stack(prefix: str, batch: int) -> dict[str, str]:
+        overrides = {}
+        for item in args.set:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise SystemExit(f"--set {item!r}: expected NAME=VALUE, for example --set BATCH_WAIT_MS=50")
+            overrides["OMNIPROFILE_" + name.upper().removeprefix("OMNIPROFILE_")] = value
+
+        def stack(prefix: str, batch: int, publish: bool = True) -> dict[str, str]:
             env = {
                 "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
                 "OMNIPROFILE_REDIS_URL": redis_server.url,
@@ -278,26 +389,48 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
                 "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
                 "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
                 "OMNIPROFILE_LOG_LEVEL": "info",  # the bench waits for "Worker ready"
+                **overrides,
             }
             settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
             names = TopicNames(prefix)
             ensure_topics(settings, names.public + (names.by_customer,))
-            publish_dataset(settings, dataset, batch, label=f"publishing to {prefix}*")
+            if publish:
+                publish_dataset(settings, dataset, batch, label=f"publishing to {prefix}*")
             return env
 
+        only = set(args.only.split(",")) if args.only else set(CONTENDERS)
+        unknown = only - set(CONTENDERS)
+        if unknown:
+            raise SystemExit(f"--only: unknown contender(s) {', '.join(sorted(unknown))}; "
+                             f"choose from {', '.join(CONTENDERS)}")
+        if args.workers2:
+            only.add("two")
         single = stack("single.", 1)
         topics = list(TopicNames("single.").inputs)
-        say("raw aiokafka consumer (the ceiling) ...")
-        results.append(run_child("raw", broker.bootstrap, topics, events, workdir, args.timeout, args.partitions))
-        say("naive Faust agent (one table update per event) ...")
-        results.append(run_child("naive", broker.bootstrap, topics, events, workdir, args.timeout, args.partitions))
-        say("omniprofile worker, single-event messages ...")
-        results.append(run_worker(single, events, workdir, "omniprofile-single", args.timeout))
-        extra["redis"] = redis_figures(redis_server.url, "single:")
-        batched = stack("batched.", 100)
-        say("omniprofile worker, arrays of 100 events ...")
-        results.append(run_worker(batched, events, workdir, "omniprofile-batched", args.timeout))
-        if args.workers2:
+        if "raw" in only:
+            say("raw aiokafka consumer (the ceiling) ...")
+            results.append(run_child("raw", broker.bootstrap, topics, events, workdir, args.timeout, args.partitions))
+        if "naive" in only:
+            say("naive Faust agent (one table update per event) ...")
+            results.append(run_child("naive", broker.bootstrap, topics, events, workdir, args.timeout,
+                                     args.partitions))
+        if "single" in only:
+            say("omniprofile worker, single-event messages ...")
+            results.append(run_worker(single, events, workdir, "omniprofile-single", args.timeout))
+            extra["redis"] = redis_figures(redis_server.url, "single:")
+        if "latency" in only:
+            if "omniprofile-single" not in {r.name for r in results}:
+                raise SystemExit("--only latency needs single too: the rates are 50% and 90% of its events/s")
+            top = results[-1].rate
+            rates = [round(top * 0.5), round(top * 0.9)]
+            say(f"latency at 50% and 90% of {top:,.0f} events/s ({args.latency_seconds:.0f} s each) ...")
+            extra["latency"] = run_latency(stack("latency.", 1, publish=False), rates, args.latency_seconds,
+                                           workdir, args.timeout)
+        if "batched" in only:
+            batched = stack("batched.", 100)
+            say("omniprofile worker, arrays of 100 events ...")
+            results.append(run_worker(batched, events, workdir, "omniprofile-batched", args.timeout))
+        if "two" in only:
             two = stack("two.", 1)
             say("omniprofile, 2 workers, single-event messages ...")
             results.append(run_worker(two, events, workdir, "omniprofile-single-2w", args.timeout, workers=2))
@@ -315,11 +448,11 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
 def build_report(results: list[Result], extra: dict[str, Any], args: argparse.Namespace, events: int) -> dict:
     by = {r.name: r for r in results}
     ratios = {}
-    if "naive" in by:
+    if "naive" in by and "omniprofile-single" in by:
         ratios["single_vs_naive"] = by["omniprofile-single"].rate / by["naive"].rate
     if "raw" in by and "omniprofile-batched" in by:
         ratios["batched_vs_raw"] = by["omniprofile-batched"].rate / by["raw"].rate
-    if "omniprofile-single-2w" in by:
+    if "omniprofile-single-2w" in by and "omniprofile-single" in by:
         ratios["two_workers_vs_one"] = by["omniprofile-single-2w"].rate / by["omniprofile-single"].rate
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -329,8 +462,10 @@ def build_report(results: list[Result], extra: dict[str, Any], args: argparse.Na
                     for r in results],
         "ratios": ratios,
         "targets": {"single_vs_naive": 3.0, "batched_vs_raw": 0.25, "two_workers_vs_one": 1.6,
-                    "redis_read_p99_ms": 2.0, "bytes_per_customer": 2048},
+                    "redis_read_p99_ms": 2.0, "bytes_per_customer": 2048,
+                    "latency_p99_ms_at_50pct": 100.0},
         "redis": extra.get("redis", {}),
+        "latency": extra.get("latency", []),
     }
 
 
@@ -350,6 +485,15 @@ def print_report(report: dict) -> None:
                      "yes" if redis_fig["read_p99_ms"] <= 2 else "NO"])
         rows.append(["redis bytes per customer", f"{redis_fig['bytes_per_customer']:,.0f}", "<= 2048",
                      "yes" if redis_fig["bytes_per_customer"] <= 2048 else "NO"])
+    latency = report.get("latency") or []
+    if latency:
+        rows.append(["p99 latency at 50% load", f"{latency[0]['p99_ms']:,.0f} ms", "<= 100 ms",
+                     "yes" if latency[0]["p99_ms"] <= 100 else "NO"])
+        lat_rows = [[f"{r['rate']:,.0f}", f"{r['events']:,}", f"{r['p50_ms']:,.1f}", f"{r['p99_ms']:,.1f}",
+                     f"{r['p999_ms']:,.1f}"] for r in latency]
+        print()
+        print(format_table(["events/s", "events", "p50 ms", "p99 ms", "p999 ms"], lat_rows,
+                           title="== publish to ProfileUpdate latency, one worker, single-event messages =="))
     print()
     print(format_table(["ratio (same run)", "measured", "target", "met"], rows, title="== against the targets =="))
 
@@ -362,6 +506,10 @@ def add_commands(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per contender")
     p.add_argument("--workers2", action="store_true", help="also run two workers (scale-out ratio)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON document")
+    p.add_argument("--latency-seconds", type=float, default=20.0, help="seconds of traffic at each latency rate")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a worker setting for the omniprofile contenders, e.g. --set BATCH_WAIT_MS=50 (repeatable)")
+    p.add_argument("--only", default="", help=f"a comma-separated subset of: {', '.join(CONTENDERS)}")
     p.set_defaults(func=cmd_bench_throughput)
 
 

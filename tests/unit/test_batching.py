@@ -1,0 +1,63 @@
+"""Batching between the stages (streams.agents): pure framing, checked against a plain regrouping."""
+
+import random
+
+import orjson
+
+from streams.agents import chunks, partition_batches
+from streams.throughput import LatencyMeter
+from streams.topics import partition_of
+
+
+def routed_sample(seed: int, customers: int = 60) -> dict[str, list[dict]]:
+    rnd = random.Random(seed)
+    return {f"c-{i}": [{"event_id": f"c-{i}-{j}", "pad": "x" * rnd.randint(0, 400)} for j in range(rnd.randint(1, 6))]
+            for i in range(customers)}
+
+
+def test_partition_batches_put_every_customer_on_its_own_partition_once():
+    for seed in range(5):
+        routed = routed_sample(seed)
+        got: dict[str, tuple[int, list[dict]]] = {}
+        for partition, value in partition_batches(routed, partitions=4, max_bytes=2048):
+            batch = orjson.loads(value)["batch"]
+            for customer, records in batch.items():
+                assert customer not in got, "a customer's records were split over two messages"
+                got[customer] = (partition, records)
+        assert got == {c: (partition_of(c.encode(), 4), r) for c, r in routed.items()}
+
+
+def test_partition_batches_respect_the_size_limit_unless_one_customer_is_larger():
+    routed = routed_sample(9)
+    for _, value in partition_batches(routed, partitions=3, max_bytes=1500):
+        batch = orjson.loads(value)["batch"]
+        assert len(value) <= 1500 + 20 or len(batch) == 1
+
+
+def test_chunks_keep_order_and_split_by_size():
+    records = [{"i": i, "pad": "y" * (i % 50)} for i in range(300)]
+    parts = chunks(records, 1000)
+    assert len(parts) > 1
+    assert [r for p in parts for r in orjson.loads(p)] == records
+    assert all(len(p) <= 1000 + 2 or len(orjson.loads(p)) == 1 for p in parts)
+
+
+def test_latency_meter_matches_each_event_to_the_first_update_that_counts_it():
+    meter = LatencyMeter()
+    sent = {"a": [0.0, 1.0, 2.0, 3.0], "b": [0.5]}
+    for customer, times in sent.items():
+        for t in times:
+            meter.published(customer, t)
+    # (customer, events counted, arrival): an update may cover several events; a stale one nothing
+    updates = [("a", 2, 2.5), ("b", 1, 1.0), ("a", 1, 9.0), ("a", 4, 4.0)]
+    for u in updates:
+        meter.updated(*u)
+    expected = []
+    for customer, times in sent.items():
+        for i, t in enumerate(times):
+            first = next(at for c, n, at in updates if c == customer and n > i)  # first to count event i
+            expected.append(first - t)
+    assert sorted(meter.latencies) == sorted(expected)
+    assert meter.pending == 0
+    p = meter.percentiles()
+    assert p["p50_ms"] == sorted(expected)[2] * 1000 and p["p999_ms"] == max(expected) * 1000
