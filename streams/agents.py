@@ -23,7 +23,6 @@ import faust
 import orjson
 
 from models.events import Limits
-from models.events import profile_key
 from models.identity import event_identifiers
 from models.ingest import Rejection, dead_letter, decode_message
 from models import stitching

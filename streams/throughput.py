@@ -326,6 +326,60 @@ def run_latency(settings_env: dict[str, str], rates: list[float], seconds: float
     return results
 
 
+def run_scale(settings_env: dict[str, str], customers: int, workdir: Path, timeout: float) -> dict[str, float]:
+    """One worker on the rocksdict store takes one event from each of ``customers`` customers (in
+    arrays of 1,000); its RSS is read once every customer has a published profile."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.admin import client_options, producer
+    from streams.commands import Worker, worker_env
+    from streams.console import Progress
+    from streams.settings import load_settings
+
+    env = dict(settings_env, OMNIPROFILE_TABLE_STORE="rocksdict://", OMNIPROFILE_DATA_DIR=str(workdir / "scale-data"))
+    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+    names = TopicNames(settings.topic_prefix)
+    prod = producer(settings, max_request_size=8 * 1024 * 1024)
+    progress = Progress("publishing one event per customer", customers)
+    now = int(time.time() * 1000)
+    for first in range(0, customers, 1000):
+        batch = [{"event_id": f"s-{i}", "type": "page_view", "ts": now - i % 86_400_000, "customer_id": f"s-{i}",
+                  "channel": ("web", "amazon", "app", "ebay")[i % 4], "properties": {"category": "shoes"}}
+                 for i in range(first, min(customers, first + 1000))]
+        prod.send(names.source("clickstream"), value=orjson.dumps(batch))
+        progress.update(min(customers, first + 1000))
+    prod.flush()
+    prod.close()
+    progress.finish(customers)
+    worker = Worker(worker_env(env), workdir / "omniprofile-scale.log")
+    consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None,
+                             auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
+    seen: set[bytes] = set()
+    try:
+        worker.wait_ready()
+        consumer.assign([TopicPartition(names.updates, p)
+                         for p in sorted(consumer.partitions_for_topic(names.updates) or ())])
+        consumer.seek_to_beginning()
+        progress = Progress("customers with a profile", customers)
+        started = time.perf_counter()
+        while len(seen) < customers:
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError(f"scale: {len(seen):,} of {customers:,} profiles within {timeout:.0f} s; "
+                                   f"see {worker.log_path}")
+            for records in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                seen.update(r.key for r in records if r.value is not None)
+            progress.update(len(seen))
+        progress.finish(len(seen))
+        elapsed = time.perf_counter() - started
+        pid = worker.proc.pid
+        rss = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        return {"customers": customers, "rss_mb": rss, "peak_rss_mb": proc_peak_rss_mb(pid), "seconds": elapsed}
+    finally:
+        consumer.close()
+        worker.stop()
+
+
 def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]:
     """Profile read latency (HGETALL, one round trip each) and memory per customer, sampled."""
     import redis
@@ -351,7 +405,8 @@ def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]
     }
 
 
-CONTENDERS = ("raw", "naive", "single", "latency", "batched", "two")
+CONTENDERS = ("raw", "naive", "single", "latency", "batched", "two", "scale")
+DEFAULT_CONTENDERS = ("raw", "naive", "single", "latency", "batched")
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
@@ -398,7 +453,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
                 publish_dataset(settings, dataset, batch, label=f"publishing to {prefix}*")
             return env
 
-        only = set(args.only.split(",")) if args.only else set(CONTENDERS)
+        only = set(args.only.split(",")) if args.only else set(DEFAULT_CONTENDERS)
         unknown = only - set(CONTENDERS)
         if unknown:
             raise SystemExit(f"--only: unknown contender(s) {', '.join(sorted(unknown))}; "
@@ -434,6 +489,11 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
             two = stack("two.", 1)
             say("omniprofile, 2 workers, single-event messages ...")
             results.append(run_worker(two, events, workdir, "omniprofile-single-2w", args.timeout, workers=2))
+        if args.scale:
+            only.add("scale")
+        if "scale" in only:
+            say(f"scale: one worker (rocksdict store), {args.scale:,} customers ...")
+            extra["scale"] = run_scale(stack("scale.", 1, publish=False), args.scale, workdir, args.timeout)
     finally:
         broker.stop()
         redis_server.stop()
@@ -463,9 +523,10 @@ def build_report(results: list[Result], extra: dict[str, Any], args: argparse.Na
         "ratios": ratios,
         "targets": {"single_vs_naive": 3.0, "batched_vs_raw": 0.25, "two_workers_vs_one": 1.6,
                     "redis_read_p99_ms": 2.0, "bytes_per_customer": 2048,
-                    "latency_p99_ms_at_50pct": 100.0},
+                    "latency_p99_ms_at_50pct": 100.0, "rss_mb_at_1m_customers": 4096},
         "redis": extra.get("redis", {}),
         "latency": extra.get("latency", []),
+        "scale": extra.get("scale", {}),
     }
 
 
@@ -485,6 +546,10 @@ def print_report(report: dict) -> None:
                      "yes" if redis_fig["read_p99_ms"] <= 2 else "NO"])
         rows.append(["redis bytes per customer", f"{redis_fig['bytes_per_customer']:,.0f}", "<= 2048",
                      "yes" if redis_fig["bytes_per_customer"] <= 2048 else "NO"])
+    scale = report.get("scale") or {}
+    if scale:
+        rows.append([f"worker RSS after {scale['customers']:,} customers", f"{scale['rss_mb']:,.0f} MB",
+                     "<= 4096 MB at 1,000,000", "yes" if scale["rss_mb"] <= 4096 else "NO"])
     latency = report.get("latency") or []
     if latency:
         rows.append(["p99 latency at 50% load", f"{latency[0]['p99_ms']:,.0f} ms", "<= 100 ms",
@@ -506,6 +571,8 @@ def add_commands(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per contender")
     p.add_argument("--workers2", action="store_true", help="also run two workers (scale-out ratio)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON document")
+    p.add_argument("--scale", type=int, default=0, metavar="CUSTOMERS",
+                   help="also measure worker RSS (rocksdict store) after this many customers, e.g. 1000000")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="seconds of traffic at each latency rate")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a worker setting for the omniprofile contenders, e.g. --set BATCH_WAIT_MS=50 (repeatable)")

@@ -10,7 +10,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import orjson
-import pytest
 import redis
 
 from streams.admin import OutputFollower, producer
