@@ -457,11 +457,26 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
 
 
 async def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
-    """Send a sample of this profile's feature vectors to the single segment learner."""
+    """Queue a sample of this profile's feature vectors for the single segment learner
+    (:func:`flush_teaching` sends them, one message per handled message rather than per profile)."""
     settings = wiring.settings
     for scope in teaching_scopes(state, scopes, settings.segment_learn_rate, settings.segment_min_events):
         if vectors[scope] is not None:
-            await wiring.learn_topic.send(key=scope.encode(), value=orjson.dumps({"scope": scope, "x": vectors[scope]}))
+            wiring.teaching.append({"scope": scope, "x": vectors[scope]})
+
+
+async def flush_teaching(wiring: Wiring) -> None:
+    """Send the queued feature vectors to the learner. A failure loses only training samples."""
+    if not wiring.teaching:
+        return
+    pending = list(wiring.teaching)
+    wiring.teaching.clear()
+    try:
+        for part in chunks(pending, wiring.settings.internal_message_bytes):
+            await wiring.learn_topic.send(key=b"batch", value=b'{"batch":' + part + b"}")
+    except Exception as exc:  # noqa: BLE001 - samples for learning, never worth a profile
+        log.warning("Dropped %d feature vectors meant for the segment learner (%s: %s)",
+                    len(pending), type(exc).__name__, exc)
 
 
 class Learner:
@@ -526,7 +541,8 @@ async def learn_vector(learner: Learner, event: faust.EventT) -> None:
         learner.seed_small_scopes()
         return
     message = orjson.loads(event.value)
-    learner.learn(message["scope"], message["x"])
+    for item in message["batch"] if "batch" in message else [message]:
+        learner.learn(item["scope"], item["x"])
 
 
 def active_partitions(app: faust.App, wiring: Wiring) -> set[int]:
@@ -615,6 +631,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def update_profiles(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: update_profile(wiring, models, e, journeys))
+            await flush_teaching(wiring)
 
     @app.agent(wiring.journey_topic, name="aggregate_journeys")
     async def aggregate_journeys(stream: faust.StreamT) -> None:

@@ -7,7 +7,7 @@ and does no I/O; starting it is the worker's job (:mod:`streams.cli`).
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +50,7 @@ class Wiring:
     sink: RedisProfileSink
     journey_sink: RedisJourneySink
     identity_sink: RedisIdentitySink
+    teaching: list = field(default_factory=list)  # feature vectors queued for the learner (streams.agents.teach)
 
 
 def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
