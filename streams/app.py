@@ -89,8 +89,37 @@ def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
     }
 
 
+_FETCH_WAIT_MS: list[int] = []
+
+
+def use_fetch_wait(ms: int) -> None:
+    """Make the worker's consumer wait at most ``ms`` for data in a fetch.
+
+    faust-streaming 0.15.3 builds its consumer with ``fetch_max_wait_ms=1500`` and no setting to
+    change it. Apache Kafka answers a waiting fetch as soon as data arrives, so there it only bounds
+    an idle poll; Tansu answers only when the wait is over, which put up to 1.5 s on every hop
+    between the stages. The value is set on the aiokafka consumer before it starts.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    _FETCH_WAIT_MS[:] = [ms]
+    cls = driver.AIOKafkaConsumerThread
+    if getattr(cls._create_worker_consumer, "omniprofile_fetch_wait", False):
+        return
+    create = cls._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = _FETCH_WAIT_MS[0]
+        return consumer
+
+    create_worker_consumer.omniprofile_fetch_wait = True  # type: ignore[attr-defined]
+    cls._create_worker_consumer = create_worker_consumer
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the omniprofile Faust app (topics, table, agents, timers); no I/O here."""
+    use_fetch_wait(settings.kafka_fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],

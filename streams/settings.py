@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
     kafka_session_timeout: float = Field(default=20.0, ge=3, le=300)
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
     topic_prefix: str = ""
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
