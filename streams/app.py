@@ -89,6 +89,18 @@ def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
     }
 
 
+def faust_store_url(table_store: str) -> str:
+    """Faust's URL for the configured table store.
+
+    faust-streaming registers no ``rocksdict`` scheme (``rocksdict://`` resolved to the Python
+    module and the worker failed at start); its ``rocksdb`` store runs on the rocksdict library
+    when that is installed, as it is here.
+    """
+    if table_store.startswith("rocksdict://"):
+        return "rocksdb://" + table_store.removeprefix("rocksdict://")
+    return table_store
+
+
 _FETCH_WAIT_MS: list[int] = []
 
 
@@ -124,7 +136,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
         broker_credentials=kafka_credentials(settings),
-        store=settings.table_store,
+        store=faust_store_url(settings.table_store),
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -336,7 +336,8 @@ def run_scale(settings_env: dict[str, str], customers: int, workdir: Path, timeo
     from streams.console import Progress
     from streams.settings import load_settings
 
-    env = dict(settings_env, OMNIPROFILE_TABLE_STORE="rocksdict://", OMNIPROFILE_DATA_DIR=str(workdir / "scale-data"))
+    env = dict(settings_env, OMNIPROFILE_TABLE_STORE="rocksdict://",
+               OMNIPROFILE_DATA_DIR=str(workdir / "scale-data"))
     settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
     names = TopicNames(settings.topic_prefix)
     prod = producer(settings, max_request_size=8 * 1024 * 1024)

@@ -61,3 +61,14 @@ def test_latency_meter_matches_each_event_to_the_first_update_that_counts_it():
     assert meter.pending == 0
     p = meter.percentiles()
     assert p["p50_ms"] == sorted(expected)[2] * 1000 and p["p999_ms"] == max(expected) * 1000
+
+
+def test_the_production_table_store_resolves_to_faust_rocksdb_on_rocksdict():
+    import faust.stores
+    from faust.stores import rocksdb
+
+    from streams.app import faust_store_url
+
+    store = faust.stores.by_url(faust_store_url("rocksdict://"))
+    assert store is rocksdb.Store and rocksdb.USE_ROCKSDICT  # the rocksdict library backs it
+    assert faust_store_url("memory://") == "memory://"
