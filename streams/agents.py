@@ -551,21 +551,34 @@ def active_partitions(app: faust.App, wiring: Wiring) -> set[int]:
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
 
 
-async def owned_profiles(app: faust.App, wiring: Wiring) -> dict[int, list[tuple[bytes, dict]]]:
-    """The profiles of this worker's active partitions, by partition."""
-    owned: dict[int, list[tuple[bytes, dict]]] = {p: [] for p in active_partitions(app, wiring)}
+async def owned_keys(app: faust.App, wiring: Wiring) -> dict[int, list[bytes]]:
+    """The profile keys of this worker's active partitions, by partition (keys only: with a
+    million profiles, holding every state at once took gigabytes)."""
+    owned: dict[int, list[bytes]] = {p: [] for p in active_partitions(app, wiring)}
     if not owned:
         return owned
     n = wiring.settings.partitions
     for i, key in enumerate(list(wiring.profiles.keys())):
         bucket = owned.get(partition_of(key, n))
         if bucket is not None:
-            state = wiring.profiles.get(key)
-            if state is not None and not stitching.is_stub(state) and state["events"]:
-                bucket.append((key, state))
-        if i % 1000 == 999:
+            bucket.append(key)
+        if i % 10_000 == 9_999:
             await asyncio.sleep(0)  # let the agents run between chunks of a large table
     return owned
+
+
+async def tally_partition(wiring: Wiring, keys: list[bytes], as_of: int, chunk: int = 1000) -> dict:
+    """The segment tally of these profiles, read and counted a chunk at a time."""
+    parts = []
+    for start in range(0, len(keys), chunk):
+        states = []
+        for key in keys[start:start + chunk]:
+            state = wiring.profiles.get(key)
+            if state is not None and not stitching.is_stub(state) and state["events"]:
+                states.append(state)
+        parts.append(tally_members(states, as_of))
+        await asyncio.sleep(0)
+    return merge_tallies(parts)
 
 
 class Summarizer:
@@ -660,15 +673,15 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         # a profile that misses them is re-scored on its next event or the next sweep.
         await wiring.learn_topic.send(key=b"seed", value=SEED)
         await asyncio.sleep(min(5.0, wiring.settings.segment_sweep_seconds / 4))
-        for partition, profiles in (await owned_profiles(app, wiring)).items():
-            for key, _ in profiles:
+        for partition, keys in (await owned_keys(app, wiring)).items():
+            for key in keys:  # stubs and empty profiles are skipped where the message is handled
                 await wiring.by_customer_topic.send(key=key, value=RESCORE, partition=partition)
 
     @app.timer(wiring.settings.segment_summary_seconds, name="tally_segments")
     async def tally_segments() -> None:
         as_of = now_ms()
-        for partition, profiles in (await owned_profiles(app, wiring)).items():
-            tally = tally_members((state for _, state in profiles), as_of)
+        for partition, keys in (await owned_keys(app, wiring)).items():
+            tally = await tally_partition(wiring, keys, as_of)
             message = {"partition": partition, "partitions": wiring.settings.partitions, "tally": tally}
             await wiring.tallies_topic.send(key=str(partition).encode(), value=orjson.dumps(message))
 

@@ -495,7 +495,10 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
             only.add("scale")
         if "scale" in only:
             say(f"scale: one worker (rocksdict store), {args.scale:,} customers ...")
-            extra["scale"] = run_scale(stack("scale.", 1, publish=False), args.scale, workdir, args.timeout)
+            try:
+                extra["scale"] = run_scale(stack("scale.", 1, publish=False), args.scale, workdir, args.timeout)
+            except RuntimeError as exc:  # report what was measured before it
+                say(f"scale: failed: {exc}")
     finally:
         broker.stop()
         redis_server.stop()
