@@ -86,6 +86,27 @@ def _group_of(graph: Graph, ident: str) -> str | None:
     return graph["ids"].get(ident)
 
 
+def _repair(graph: Graph, ident: str, ts: int) -> None:
+    """Put ``ident`` back into the group it points at when that group's record lost it.
+
+    A store-backed graph writes an identifier and its group as separate keys. A crash between the
+    two writes (kill -9 with the second still in the producer's buffer) leaves an identifier
+    pointing at a group record that is missing or does not list it; every later event naming it
+    would fail. The record is re-created or completed instead.
+    """
+    group = graph["ids"].get(ident)
+    if group is None:
+        return
+    own = ident.startswith("cid:") and canonical_key(ident) == group
+    record = graph["groups"].get(group)
+    if record is None:
+        graph["groups"][group] = {"members": [ident], "customer_id": group if own else None, "first_ts": ts}
+    elif ident not in record["members"]:
+        record["members"] = sorted({*record["members"], ident})
+        if own:
+            record["customer_id"] = group
+
+
 def _new_group(graph: Graph, ident: str, ts: int) -> str:
     group = canonical_key(ident)
     graph["groups"][group] = {"members": [ident], "customer_id": group if ident.startswith("cid:") else None,
@@ -105,6 +126,8 @@ def link(graph: Graph, identifiers: Iterable[str | None], ts: int,
     idents = sorted({i for i in identifiers if i})
     if not idents:
         return LinkResult(None)
+    for ident in idents:
+        _repair(graph, ident, ts)
     result = LinkResult(None)
     # The event's own customer id decides where it goes when its identifiers disagree.
     own = next((i for i in idents if i.startswith("cid:")), None)

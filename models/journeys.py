@@ -458,10 +458,26 @@ def split_totals(totals: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def week_windows(day_ms: int, daily: Any) -> list[tuple[int, float]]:
+    """The 7-day windows (sliding by a day) that hold ``day_ms``: (first day's start in ms, the sum of
+    its 7 daily values), where ``daily(start_ms)`` is the value of the day starting then.
+
+    >>> vals = {0: 1.0, DAY_MS: 2.0, 7 * DAY_MS: 4.0}
+    >>> week_windows(DAY_MS + 5, lambda d: vals.get(d, 0.0))[:3]
+    [(-432000000, 3.0), (-345600000, 3.0), (-259200000, 3.0)]
+    >>> week_windows(DAY_MS + 5, lambda d: vals.get(d, 0.0))[-1]
+    (86400000, 6.0)
+    """
+    day = day_ms - day_ms % DAY_MS
+    values = {d: daily(d) for d in range(day - 6 * DAY_MS, day + 7 * DAY_MS, DAY_MS)}
+    return [(start, sum(values[start + i * DAY_MS] for i in range(7)))
+            for start in range(day - 6 * DAY_MS, day + DAY_MS, DAY_MS)]
+
+
 class JourneyBuffer:
     """Counter entries of many deltas merged by key and day until they are flushed.
 
-    Windows are whole UTC days (daily tumbling, 7-day hopping with a daily step), so the
+    Windows are whole UTC days (daily, and 7 days sliding by a day), so the
     day an entry falls on decides all its windows; entries of days older than
     ``retention_ms`` before now are *late*: they still count in the all-time totals, not
     in any window.

@@ -26,7 +26,7 @@ from models.events import Limits
 from models.identity import event_identifiers
 from models.ingest import Rejection, dead_letter, decode_message
 from models import stitching
-from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey
+from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey, week_windows
 from models.outputs import SCHEMA_VERSION
 from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
@@ -122,21 +122,25 @@ def validate_message(wiring: Wiring, event: faust.EventT) -> tuple[list[dict], l
     return records, rejections
 
 
-def chunks(records: list, max_bytes: int) -> list[bytes]:
-    """JSON arrays of ``records``, each at most about ``max_bytes`` (one record may exceed it)."""
-    out: list[bytes] = []
+def split_by_size(entries: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """Consecutive runs of ``entries`` of at most about ``max_bytes`` each (one entry may exceed it)."""
+    out: list[list[bytes]] = []
     part: list[bytes] = []
     size = 0
-    for record in records:
-        raw = orjson.dumps(record)
-        if part and size + len(raw) > max_bytes:
-            out.append(b"[" + b",".join(part) + b"]")
+    for entry in entries:
+        if part and size + len(entry) > max_bytes:
+            out.append(part)
             part, size = [], 0
-        part.append(raw)
-        size += len(raw) + 1
+        part.append(entry)
+        size += len(entry) + 1
     if part:
-        out.append(b"[" + b",".join(part) + b"]")
+        out.append(part)
     return out
+
+
+def chunks(records: list, max_bytes: int) -> list[bytes]:
+    """JSON arrays of ``records``, each at most about ``max_bytes`` (one record may exceed it)."""
+    return [b"[" + b",".join(part) + b"]" for part in split_by_size([orjson.dumps(r) for r in records], max_bytes)]
 
 
 async def route_batch(wiring: Wiring, events: list[faust.EventT]) -> None:
@@ -246,18 +250,8 @@ def partition_batches(routed: dict[str, list[dict]], partitions: int, max_bytes:
     for customer, records in routed.items():
         entry = orjson.dumps(customer) + b":" + orjson.dumps(records)
         by_partition.setdefault(partition_of(customer.encode(), partitions), []).append(entry)
-    out: list[tuple[int, bytes]] = []
-    for partition, entries in by_partition.items():
-        part: list[bytes] = []
-        size = 0
-        for entry in entries:
-            if part and size + len(entry) > max_bytes:
-                out.append((partition, b'{"batch":{' + b",".join(part) + b"}}"))
-                part, size = [], 0
-            part.append(entry)
-            size += len(entry) + 1
-        out.append((partition, b'{"batch":{' + b",".join(part) + b"}}"))
-    return out
+    return [(partition, b'{"batch":{' + b",".join(part) + b"}}")
+            for partition, entries in by_partition.items() for part in split_by_size(entries, max_bytes)]
 
 
 async def send_batches(wiring: Wiring, routed: dict[str, list[dict]]) -> None:
@@ -317,7 +311,7 @@ async def fold_records(
         if moves:
             step.changed = sorted({*step.changed, "segments"})
         wiring.profiles[key] = step.state  # reassigned, so the changelog gets it
-        await teach(wiring, step.state, scopes, vectors)
+        teach(wiring, step.state, scopes, vectors)
     if step.applied or step.replayed_last or merged is not None:
         await publish(wiring, step, moves)
     for hop in hops:
@@ -432,14 +426,11 @@ async def aggregate_journey(wiring: Wiring, event: faust.EventT) -> None:
     daily = wiring.journey_daily
     daily[key] += value
     sink.stage_window("day", day_ms - day_ms % 86_400_000, key, daily[key].value())
-    # The 7-day windows (sliding by a day) are sums of 7 daily windows, read here rather than kept
-    # in a hopping table of their own: that table wrote 7 changelog records per delta.
+    # The 7-day windows are sums of daily ones (models.journeys.week_windows), not a hopping table
+    # of their own: that table wrote 7 changelog records per delta.
     table = daily.table
-    day_s = day_ms // 86_400_000 * 86_400
-    days = {d: table.data.get((key, table.window.ranges(d)[0]), 0.0)
-            for d in range(day_s - 6 * 86_400, day_s + 7 * 86_400, 86_400)}
-    for start in range(day_s - 6 * 86_400, day_s + 86_400, 86_400):
-        sink.stage_window("7d", start * 1000, key, sum(days[start + i * 86_400] for i in range(7)))
+    for start, total in week_windows(day_ms, lambda d: table.data.get((key, table.window.ranges(d / 1000)[0]), 0.0)):
+        sink.stage_window("7d", start, key, total)
 
 
 async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
@@ -456,7 +447,7 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
         await publish(wiring, Step(state, ["segments"]), moves)
 
 
-async def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
+def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
     """Queue a sample of this profile's feature vectors for the single segment learner
     (:func:`flush_teaching` sends them, one message per handled message rather than per profile)."""
     settings = wiring.settings

@@ -72,3 +72,33 @@ def test_the_production_table_store_resolves_to_faust_rocksdb_on_rocksdict():
     store = faust.stores.by_url(faust_store_url("rocksdict://"))
     assert store is rocksdb.Store and rocksdb.USE_ROCKSDICT  # the rocksdict library backs it
     assert faust_store_url("memory://") == "memory://"
+
+
+def test_the_fetch_wait_reaches_the_attribute_aiokafka_starts_its_fetcher_with():
+    """use_fetch_wait patches one faust-streaming method; an upgrade that renames either side fails here."""
+    import inspect
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers import aiokafka as driver
+
+    from streams.app import use_fetch_wait
+
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.__init__)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(driver)  # the hard-coded wait this replaces
+    original = driver.AIOKafkaConsumerThread._create_worker_consumer
+    made = SimpleNamespace(_fetch_max_wait_ms=1500)  # what faust would build
+    calls = []
+
+    def build(self, transport):
+        calls.append(transport)
+        return made
+
+    try:
+        driver.AIOKafkaConsumerThread._create_worker_consumer = build
+        use_fetch_wait(37)
+        assert driver.AIOKafkaConsumerThread._create_worker_consumer(None, "transport") is made
+        assert calls == ["transport"] and made._fetch_max_wait_ms == 37
+    finally:
+        driver.AIOKafkaConsumerThread._create_worker_consumer = original

@@ -187,3 +187,16 @@ def test_the_view_names_movers():
     assert view["mover"] and view["mover_type"] == "marketplace browser, web buyer"
     assert view["path"] == ["amazon", "web"] and view["first_touch"] == "amazon" and view["last_touch"] == "web"
     assert view["purchases"] == [{"ts": 5000, "channel": "web", "revenue": 20.0, "path": ["amazon", "web"]}]
+
+
+def test_week_windows_are_the_sums_of_their_seven_days():
+    from models.journeys import week_windows
+    from models.profile import DAY_MS
+
+    rnd = random.Random(5)
+    daily = {d * DAY_MS: float(rnd.randint(0, 9)) for d in range(40)}
+    for day in (10, 17, 23):
+        got = week_windows(day * DAY_MS + 12_345, lambda d: daily.get(d, 0.0))
+        # every window that covers the day, one per start day, each a plain sum of its 7 days
+        want = [(s * DAY_MS, sum(daily[(s + i) * DAY_MS] for i in range(7))) for s in range(day - 6, day + 1)]
+        assert got == want
