@@ -158,3 +158,33 @@ def group_by_profile(records: list[EventRecord]) -> dict[str, list[EventRecord]]
     for record in records:
         groups.setdefault(profile_key(record), []).append(record)
     return groups
+
+
+# Dead-letter reasons grouped into a few kinds (a metric label must not take free text).
+_REASON_KINDS = (
+    ("empty message value", "empty"),
+    ("empty JSON array", "empty"),
+    ("not UTF-8", "not_utf8"),
+    ("over the limit", "too_large"),
+    ("invalid JSON", "invalid_json"),
+    ("expected a JSON object", "not_an_object"),
+    ("no usable identifier", "no_identifier"),
+    ("unexpected topic", "unexpected_topic"),
+    ("internal error", "processing_failed"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a dead-letter reason, for counting (``invalid_event`` is any schema error).
+
+    >>> reason_kind("message is 2,000,000 bytes, over the limit of 1,048,576 (...)")
+    'too_large'
+    >>> reason_kind("properties.revenue: Input should be a valid number")
+    'invalid_event'
+    >>> reason_kind("internal error after 4 attempts: KafkaTimeoutError: ")
+    'processing_failed'
+    """
+    for text, kind in _REASON_KINDS:
+        if text in reason:
+            return kind
+    return "invalid_event"

@@ -474,6 +474,22 @@ def week_windows(day_ms: int, daily: Any) -> list[tuple[int, float]]:
             for start in range(day - 6 * DAY_MS, day + DAY_MS, DAY_MS)]
 
 
+
+def week_windows_of(days: dict[int, float]) -> list[tuple[int, float]]:
+    """Every 7-day window (by its first day's start) that holds one of ``days`` (day start in ms ->
+    value), with its sum: what the 7-day windows in Redis must hold for these daily values.
+
+    >>> week_windows_of({0: 1.0, 2 * DAY_MS: 2.0})[:3]
+    [(-518400000, 1.0), (-432000000, 1.0), (-345600000, 3.0)]
+    >>> len(week_windows_of({0: 1.0, 2 * DAY_MS: 2.0}))
+    9
+    """
+    windows: dict[int, float] = {}
+    for day in days:
+        for start, total in week_windows(day, lambda d: days.get(d, 0.0)):
+            windows[start] = total
+    return sorted(windows.items())
+
 class JourneyBuffer:
     """Counter entries of many deltas merged by key and day until they are flushed.
 

@@ -17,6 +17,14 @@ first buffers ``warmup`` vectors and seeds the centroids with k-means++ on them
 (deterministic for a seed); from then on river's online update moves each centroid by
 ``halflife`` of the way to the vectors it wins.
 
+The standardisation keeps learning, but the centroids live in one fixed standardised
+space, the *anchor* (the scaler's means and deviations when the anchor was set). Every
+``REANCHOR_EVERY`` vectors the centroids are re-expressed in the scaler's current space,
+so they stay where they are in raw feature units while the distance follows the
+population. Without the anchor, a warm-up that saw few of one behaviour left that
+behaviour's centroid stranded far out once the deviations grew, and one segment won
+every customer.
+
 A small audience (a niche channel) may never fill the buffer. :meth:`seed_early` seeds
 such a model *provisionally* from what it has: it assigns segments at once, keeps
 buffering, and is seeded again, for good, when the buffer is full (``version`` counts
@@ -46,9 +54,10 @@ from typing import Any
 import numpy as np
 from river import cluster, preprocessing
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2 adds the anchor; format 1 snapshots still load
 SEEDING_TRIES = 8
 LLOYD_STEPS = 10
+REANCHOR_EVERY = 32  # vectors learned between re-expressions of the centroids
 
 
 def _kmeans_plus_plus(z: np.ndarray, k: int, rng: random.Random) -> tuple[np.ndarray, float]:
@@ -114,7 +123,8 @@ class SegmentModel:
         self._seeded = False
         self._provisional = False
         self._matrix: np.ndarray | None = None
-        self._scaling: tuple[np.ndarray, np.ndarray] | None = None  # (means, stds), cached for scoring
+        self._anchor: tuple[np.ndarray, np.ndarray] | None = None  # (means, stds) of the centroids' space
+        self._anchored_at = 0  # n_learned when the anchor was set
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -131,17 +141,21 @@ class SegmentModel:
     def learn_one(self, x: Mapping[str, float]) -> None:
         row = {f: float(x.get(f, 0.0)) for f in self.features}
         self.scaler.learn_one(row)
-        self._scaling = None
         self.n_learned += 1
+        values = [row[f] for f in self.features]
         if not self._seeded or self._provisional:
-            self.buffer.append([row[f] for f in self.features])
+            self.buffer.append(values)
             if len(self.buffer) >= self.warmup:
                 self._seed_centroids()
                 self.buffer = []
                 self._provisional = False
             return
-        z = self.scaler.transform_one(row)
-        self.kmeans.learn_one(z)
+        if self.n_learned - self._anchored_at >= REANCHOR_EVERY:
+            self._reanchor()
+        assert self._anchor is not None
+        means, stds = self._anchor
+        z = (np.asarray(values) - means) / stds
+        self.kmeans.learn_one(dict(zip(self.features, z.tolist())))
         self._matrix = None
 
     def seed_early(self) -> bool:
@@ -163,7 +177,9 @@ class SegmentModel:
 
     def _seed_centroids(self) -> None:
         raw = np.asarray(self.buffer, dtype=float)
-        z = (raw - self._means()) / self._stds()
+        self._anchor = (self._means(), self._stds())
+        self._anchored_at = self.n_learned
+        z = (raw - self._anchor[0]) / self._anchor[1]
         rng = random.Random(self.seed)
         best, best_inertia = None, float("inf")
         for _ in range(SEEDING_TRIES):  # like n_init in batch KMeans: keep the tightest seeding
@@ -175,6 +191,19 @@ class SegmentModel:
             self.kmeans.centers[k] = dict(zip(self.features, map(float, best[k])))
         self._seeded = True
         self.version += 1
+        self._matrix = None
+
+    def _reanchor(self) -> None:
+        """Re-express the centroids in the scaler's current standardised space (same raw position)."""
+        assert self._anchor is not None
+        old_means, old_stds = self._anchor
+        raw = self.centroids() * old_stds + old_means
+        means, stds = self._means(), self._stds()
+        centers = (raw - means) / stds
+        for k in range(self.n_segments):
+            self.kmeans.centers[k] = dict(zip(self.features, centers[k].tolist()))
+        self._anchor = (means, stds)
+        self._anchored_at = self.n_learned
         self._matrix = None
 
     # --- scoring -----------------------------------------------------------------------------
@@ -199,9 +228,8 @@ class SegmentModel:
         if not self._seeded:
             return [None] * len(rows)
         x = np.array([[float(r.get(f, 0.0)) for f in self.features] for r in rows])
-        if self._scaling is None:
-            self._scaling = (self._means(), self._stds())
-        means, stds = self._scaling
+        assert self._anchor is not None
+        means, stds = self._anchor
         z = (x - means) / stds
         d2 = ((z[:, None, :] - self.centroids()[None, :, :]) ** 2).sum(axis=2)
         return [int(k) for k in np.argmin(d2, axis=1)]
@@ -232,11 +260,14 @@ class SegmentModel:
             "centers": [[self.kmeans.centers[k].get(f, 0.0) for f in self.features] for k in range(self.n_segments)]
             if self._seeded
             else [],
+            "anchor": {"means": self._anchor[0].tolist(), "stds": self._anchor[1].tolist(), "at": self._anchored_at}
+            if self._anchor is not None
+            else None,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SegmentModel:
-        if data.get("format") != SNAPSHOT_FORMAT:
+        if data.get("format") not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown segment model snapshot format {data.get('format')!r}")
         model = cls(
             n_segments=data["n_segments"],
@@ -257,4 +288,11 @@ class SegmentModel:
             model._provisional = bool(data.get("provisional", False))
             for k, row in enumerate(data["centers"]):
                 model.kmeans.centers[k] = dict(zip(model.features, row))
+            anchor = data.get("anchor")
+            if anchor is not None:
+                model._anchor = (np.asarray(anchor["means"], dtype=float), np.asarray(anchor["stds"], dtype=float))
+                model._anchored_at = anchor["at"]
+            else:  # format 1: the centroids were in the scaler's space of the moment
+                model._anchor = (model._means(), model._stds())
+                model._anchored_at = model.n_learned
         return model

@@ -24,7 +24,7 @@ import orjson
 
 from models.events import Limits
 from models.identity import event_identifiers
-from models.ingest import Rejection, dead_letter, decode_message
+from models.ingest import Rejection, dead_letter, decode_message, reason_kind
 from models import stitching
 from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey, week_windows
 from models.outputs import SCHEMA_VERSION
@@ -48,6 +48,28 @@ from streams.topics import partition_of
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.2, 1.0, 3.0)
+
+
+CHANGELOG_BACKLOG = 1000
+
+
+async def drain_changelog(app: faust.App, limit: int = CHANGELOG_BACKLOG) -> None:
+    """Wait until Faust's changelog buffer holds at most ``limit`` messages.
+
+    Table writes queue their changelog records in Faust's producer buffer, which one task drains a
+    record per turn of the event loop; Faust's own back-pressure drains 100 per consumed message.
+    A message of a batch writes hundreds of keys, so the buffer grew without bound (111,000
+    records, and the worker's memory with them, after 32,000 new customers in the scale bench).
+    The table-writing agents call this after each message.
+    """
+    buffer = app.producer.buffer
+    while buffer.size > limit:
+        try:
+            sent = await buffer.flush_atmost(buffer.size - limit)
+        except RuntimeError:  # the producer is stopping: its own shutdown flushes the rest
+            return
+        if not sent:
+            await asyncio.sleep(0.01)  # nothing went out in 0.1 s (the broker is slow or away): wait, bounded
 
 
 def now_iso() -> str:
@@ -87,6 +109,7 @@ async def guarded(
 
 
 async def send_dead_letter(wiring: Wiring, message: faust.types.Message, rejection: Rejection) -> None:
+    wiring.stats.dead_letters[reason_kind(rejection.reason)] += 1
     record = dead_letter(message.topic, message.partition, message.offset, rejection, now_iso())
     try:
         await wiring.deadletter_topic.send(key=message.key, value=orjson.dumps(record))
@@ -156,6 +179,8 @@ async def route_batch(wiring: Wiring, events: list[faust.EventT]) -> None:
             valid, rejections = [], [Rejection(f"internal error: {type(exc).__name__}: {exc}", event.value or b"")]
         for rejection in rejections:
             await send_dead_letter(wiring, event.message, rejection)
+        if valid:
+            wiring.stats.events_valid[valid[0]["source"]] += len(valid)
         records.extend(valid)
     if not records:
         return
@@ -624,6 +649,8 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
             await route_batch(wiring, list(events))
 
     from streams.resolver import register_identity
+    from streams.metrics import LAG_INTERVAL, MetricsServer, WorkerMetrics
+    from streams.resync import ServingView
 
     register_identity(app, wiring)
     models = ModelCache(lambda scope: wiring.segment_models.get(scope.encode()))
@@ -636,11 +663,13 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: update_profile(wiring, models, e, journeys))
             await flush_teaching(wiring)
+            await drain_changelog(app)
 
     @app.agent(wiring.journey_topic, name="aggregate_journeys")
     async def aggregate_journeys(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: aggregate_journey(wiring, e))
+            await drain_changelog(app)
 
     @app.timer(wiring.settings.journey_flush_seconds, name="flush_journeys")
     async def flush_journeys() -> None:
@@ -682,8 +711,27 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         await wiring.journey_sink.flush()
         await wiring.identity_sink.flush()
 
+    serving = ServingView(app, wiring)
+    metrics = WorkerMetrics(app, wiring, serving)
+    server = MetricsServer(metrics, settings.web_host, settings.web_port)
+
+    if settings.web_port:
+        @app.task
+        async def serve_metrics() -> None:
+            await server.start()  # a port in use stops the worker with the fix in the message
+
+    @app.timer(LAG_INTERVAL, name="refresh_metrics")
+    async def refresh_metrics() -> None:
+        await metrics.refresh()
+
+    @app.timer(wiring.settings.redis_resync_check_seconds, name="check_serving_view")
+    async def check_serving_view() -> None:
+        # Redis lost data (restarted empty, flushed): rewrite this worker's partitions from the tables.
+        await serving.check()
+
     @app.on_before_shutdown.connect
     async def close_redis(app: faust.App, **kwargs: object) -> None:
+        await server.stop()
         await send_journey_entries(wiring, journeys)
         await wiring.sink.close()
         await wiring.journey_sink.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from streams.metrics import WorkerStats
 from streams.settings import Settings
 from streams.sinks import RedisIdentitySink, RedisJourneySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
@@ -51,6 +52,7 @@ class Wiring:
     journey_sink: RedisJourneySink
     identity_sink: RedisIdentitySink
     teaching: list = field(default_factory=list)  # feature vectors queued for the learner (streams.agents.teach)
+    stats: WorkerStats = field(default_factory=WorkerStats)  # counters for /metrics (streams.metrics)
 
 
 def kafka_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -82,10 +84,12 @@ def journey_tables(app: faust.App, settings: Settings) -> dict[str, Any]:
     # key_type str: Faust serialises these tables as JSON (windowed keys are (key, (start, end))).
     options = {"default": float, "partitions": settings.partitions, "key_type": str, "value_type": float}
     return {
-        "journey_daily": app.Table("journeys-daily", help="journey counters per day", **options)
+        "journey_daily": app.Table("journeys-daily", help="journey counters per day", options=table_options(settings),
+                                   **options)
         .tumbling(day, expires=retention)
         .relative_to_stream(),
-        "journey_totals": app.Table("journeys-total", help="journey counters since the start", **options),
+        "journey_totals": app.Table("journeys-total", help="journey counters since the start",
+                                    options=table_options(settings), **options),
     }
 
 
@@ -99,6 +103,23 @@ def faust_store_url(table_store: str) -> str:
     if table_store.startswith("rocksdict://"):
         return "rocksdb://" + table_store.removeprefix("rocksdict://")
     return table_store
+
+
+def table_options(settings: Settings) -> dict[str, Any] | None:
+    """RocksDB memory per table partition (each partition is a database of its own), or None for
+    the memory store. Faust's defaults (2 GB block cache, 2.5 GB with the compressed one, three
+    64 MB write buffers) are per database, so they bound nothing useful on a worker with 16 of them.
+    At 100,000 customers the two made no measurable difference (docs/performance.md); the memory
+    growth found then was Faust's changelog buffer (streams.agents.drain_changelog)."""
+    if not settings.table_store.startswith(("rocksdb://", "rocksdict://")):
+        return None
+    cache = settings.rocksdb_block_cache_mb * 1024 * 1024
+    return {
+        "block_cache_size": cache,
+        "block_cache_compressed_size": max(1024 * 1024, cache // 4),
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
+        "max_write_buffer_number": 2,
+    }
 
 
 _FETCH_WAIT_MS: list[int] = []
@@ -142,12 +163,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
-        # No table pages or stats over HTTP: the health and metrics endpoint comes with issue 7.
+        # No Faust web server (table pages, stats): /health and /metrics are served by
+        # streams.metrics on OMNIPROFILE_WEB_HOST:OMNIPROFILE_WEB_PORT instead.
         web_enabled=False,
         web_tables_enabled=False,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
         # Large messages must reach the validator (and the dead-letter topic), not stall the fetch.
         consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * settings.max_event_bytes),
         producer_max_request_size=max(1024 * 1024, 2 * settings.max_event_bytes),
@@ -185,6 +204,7 @@ def create_app(settings: Settings) -> faust.App:
         audit_topic=app.topic(names.audit, **raw),
         profiles=app.Table(
             PROFILES_TABLE,
+            options=table_options(settings),
             default=None,
             partitions=settings.partitions,
             key_type=bytes,  # raw keys on the changelog; values are JSON (never pickle)
@@ -192,6 +212,7 @@ def create_app(settings: Settings) -> faust.App:
         ),
         identity=app.Table(
             IDENTITY_TABLE,
+            options=table_options(settings),
             default=None,
             partitions=1,
             key_type=bytes,
@@ -199,6 +220,7 @@ def create_app(settings: Settings) -> faust.App:
         ),
         segment_models=app.GlobalTable(
             SEGMENT_MODELS_TABLE,
+            options=table_options(settings),
             default=None,
             partitions=1,
             key_type=bytes,

@@ -25,7 +25,7 @@ def check_redis(settings: Settings) -> None:
         client.ping()
     except redis.RedisError as exc:
         raise ConfigError(
-            f"cannot reach Redis at {settings.redis_url} ({exc}); start it, or set OMNIPROFILE_REDIS_URL "
+            f"cannot reach Redis at {settings.redis_url_safe} ({exc}); start it, or set OMNIPROFILE_REDIS_URL "
             "to a running server (redis://host:port/db)"
         ) from None
     finally:
@@ -76,9 +76,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 if raw is not None:
                     print(f"{args.customer_id} belongs to profile {canonical}", file=sys.stderr)
     except redis.RedisError as exc:
-        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url_safe} ({exc}); check OMNIPROFILE_REDIS_URL")
     if raw is None:
-        print(f"no profile for {args.customer_id!r} in Redis at {settings.redis_url}", file=sys.stderr)
+        print(f"no profile for {args.customer_id!r} in Redis at {settings.redis_url_safe}", file=sys.stderr)
         return 1
     if args.compact:
         sys.stdout.write(raw.decode() + "\n")
@@ -118,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory (default: the package's models/schemas)")
     p.set_defaults(func=cmd_schemas)
 
-    from streams import bench, commands, privacy
+    from streams import bench, commands, privacy, status
 
     commands.add_commands(sub)
+    status.add_status_command(sub)
     privacy.add_commands(sub)
     bench.add_commands(sub)
     return parser

@@ -189,7 +189,7 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on a bare machine: broker, Redis, worker, events, summary, then stop."""
     from models.synthetic import PERSONAS, generate
-    from streams.local import RedisServer, Tansu, redis_binary, tansu_binary
+    from streams.local import RedisServer, Tansu, free_port, redis_binary, tansu_binary
 
     try:
         tansu_binary()
@@ -215,6 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say(f"  broker on {broker.bootstrap}")
         redis = RedisServer().start()
         say(f"  redis-server on {redis.url}")
+        web_port = free_port()
         env = {
             "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "OMNIPROFILE_REDIS_URL": redis.url,
@@ -228,6 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "OMNIPROFILE_SEGMENT_SWEEP_SECONDS": str(DEMO_SWEEP_SECONDS),
             "OMNIPROFILE_SEGMENT_SUMMARY_SECONDS": str(DEMO_SUMMARY_SECONDS),
             "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",  # Tansu misreports end offsets
+            "OMNIPROFILE_WEB_PORT": str(web_port),
         }
         settings = load_settings(
             kafka_bootstrap_servers=broker.bootstrap, redis_url=redis.url, partitions=args.partitions
@@ -240,6 +242,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("starting a worker ...")
         worker = Worker(worker_env(env), workdir / "worker.log")
         say(f"  worker ready in {worker.wait_ready():.1f} s (log: {worker.log_path})")
+        say(f"  health and metrics: http://127.0.0.1:{web_port}/health and /metrics "
+            f"(`omniprofile status --url http://127.0.0.1:{web_port}` while the demo runs)")
 
         dataset = generate(
             args.customers, seed=args.seed, start=default_start(args.days), days=args.days, invalid_rate=0.005
@@ -492,7 +496,7 @@ def read_summaries(settings: Settings) -> dict[str, dict[str, Any]]:
     try:
         raw = client.hgetall(RedisLayout(settings.redis_key_prefix).segment_summaries())
     except redis_lib.RedisError as exc:
-        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url_safe} ({exc}); check OMNIPROFILE_REDIS_URL")
     finally:
         client.close()
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}
@@ -504,7 +508,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
     summaries = read_summaries(settings)
     if not summaries:
         print(
-            f"no segment summaries in Redis at {settings.redis_url} yet: the workers publish them every "
+            f"no segment summaries in Redis at {settings.redis_url_safe} yet: the workers publish them every "
             f"{settings.segment_summary_seconds:g} s once a segment model is ready "
             "(OMNIPROFILE_SEGMENT_WARMUP feature vectors)",
             file=sys.stderr,
@@ -548,7 +552,7 @@ def read_journeys(settings: Settings, window: str, day: str | None) -> tuple[str
     try:
         raw = client.hgetall(name)
     except redis_lib.RedisError as exc:
-        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url_safe} ({exc}); check OMNIPROFILE_REDIS_URL")
     finally:
         client.close()
     return title, {k.decode(): float(v) for k, v in raw.items()}
@@ -606,7 +610,7 @@ def cmd_hops(args: argparse.Namespace) -> int:
     settings = load_settings()
     title, counters = read_journeys(settings, args.window, args.date)
     if not counters:
-        print(f"no journey counters for this window ({title}) in Redis at {settings.redis_url}", file=sys.stderr)
+        print(f"no journey counters for this window ({title}) in Redis at {settings.redis_url_safe}", file=sys.stderr)
         return 1
     if args.json:
         from models.journeys import split_totals

@@ -74,7 +74,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raw = client.hget(layout.profile(canonical), "json")
         client.close()
     except redis.RedisError as exc:
-        raise ConfigError(f"cannot read from Redis at {settings.redis_url} ({exc}); check OMNIPROFILE_REDIS_URL")
+        raise ConfigError(f"cannot read from Redis at {settings.redis_url_safe} ({exc}); check OMNIPROFILE_REDIS_URL")
     profile = orjson.loads(raw) if raw else None
     names = TopicNames(settings.topic_prefix)
     document = {

@@ -37,7 +37,7 @@ from models.identity import (
 )
 from models.ingest import Rejection
 from models.outputs import SCHEMA_VERSION
-from streams.agents import guarded, iso_ms, now_iso, send_batches, send_by_customer, send_dead_letter
+from streams.agents import drain_changelog, guarded, iso_ms, now_iso, send_batches, send_by_customer, send_dead_letter
 from streams.app import Wiring
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,7 @@ def register_identity(app: faust.App, wiring: Wiring) -> None:
     async def resolve_identities(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: resolver.handle(e.value))
+            await drain_changelog(app)
 
     @app.agent(wiring.erasure_topic, name="erasure_requests")
     async def erasure_requests(stream: faust.StreamT) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -53,8 +54,11 @@ class Settings(BaseSettings):
     app_id: str = "omniprofile"
     table_store: str = "memory://"
     data_dir: Path = Path(".omniprofile")
+    rocksdb_block_cache_mb: int = Field(default=16, ge=1, le=65_536)
+    rocksdb_write_buffer_mb: int = Field(default=16, ge=1, le=4096)
     web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    stall_seconds: float = Field(default=120.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("log_level", mode="before")
@@ -63,11 +67,12 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     # Redis (the serving view)
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)  # may hold a password; see redis_url_safe
     redis_key_prefix: str = "omniprofile:"
     redis_flush_interval_ms: int = Field(default=200, ge=10, le=60_000)
     redis_flush_max: int = Field(default=1000, ge=1, le=100_000)
     redis_socket_timeout: float = Field(default=5.0, gt=0, le=120)
+    redis_resync_check_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     # Input validation
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
@@ -159,6 +164,21 @@ class Settings(BaseSettings):
     @property
     def journey_retention_ms(self) -> int:
         return self.journey_retention_days * 86_400_000
+
+    @property
+    def redis_url_safe(self) -> str:
+        """The Redis URL for messages and logs: a password in it is replaced by ``***``.
+
+        >>> Settings(redis_url="rediss://app:s3cret@cache:6380/0").redis_url_safe
+        'rediss://app:***@cache:6380/0'
+        """
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def uses_development_hash_key(self) -> bool:

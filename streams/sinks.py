@@ -78,6 +78,15 @@ class RedisLayout:
         """Hash of counters: ``suppressed_events``, ``identity_merges``, ``identity_conflicts``, ..."""
         return f"{self.prefix}stats"
 
+    def serving_synced(self) -> str:
+        """Hash part -> time it was last rewritten from the tables (``profiles:3``, ``journeys:0``,
+        ``identity``); a missing part is rewritten (streams.resync)."""
+        return f"{self.prefix}serving-synced"
+
+    def serving_epoch(self) -> str:
+        """String: a random token set once per Redis data set; it vanishes when Redis loses its data."""
+        return f"{self.prefix}serving-epoch"
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -246,6 +255,11 @@ class RedisJourneySink:
         self._windows: dict[tuple[str, str], dict[str, float]] = {}
         self._client: aioredis.Redis | None = None
         self._lock = asyncio.Lock()
+        self.failed_flushes = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._totals) + sum(len(values) for values in self._windows.values())
 
     def stage_total(self, key: str, value: float) -> None:
         self._totals[key] = value
@@ -281,6 +295,7 @@ class RedisJourneySink:
                     held = self._windows.setdefault(window, {})
                     for key, value in values.items():
                         held.setdefault(key, value)
+                self.failed_flushes += 1
                 log.warning("Redis flush of journey counters failed (%s: %s); keeping them", type(exc).__name__, exc)
 
     async def close(self) -> None:
@@ -304,6 +319,11 @@ class RedisIdentitySink:
         self._counts: dict[str, int] = {}
         self._client: aioredis.Redis | None = None
         self._lock = asyncio.Lock()
+        self.failed_flushes = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._ids) + len(self._groups) + len(self._suppressed)
 
     def stage_id(self, ident: str, canonical: str | None) -> None:
         self._ids[ident] = canonical
@@ -352,6 +372,7 @@ class RedisIdentitySink:
                 self._suppressed |= suppressed
                 for name, by in counts.items():
                     self.count(name, by)
+                self.failed_flushes += 1
                 log.warning("Redis flush of identities failed (%s: %s); keeping them", type(exc).__name__, exc)
 
     async def close(self) -> None:

@@ -69,6 +69,7 @@ def make_stack(broker: Tansu, redis_server: RedisServer, tmp: Path, **extra: str
         "OMNIPROFILE_DATA_DIR": str(tmp / "data"),
         "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
         "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu answers a fetch only when its wait is over
+        "OMNIPROFILE_WEB_PORT": "0",  # several workers at once; tests of /health and /metrics set a free port
         "OMNIPROFILE_HASH_KEY": "integration-test-key",
         "OMNIPROFILE_LOG_LEVEL": "info",
         # Tansu reports the end offset of a multi-record batch wrongly; Faust's recovery check
@@ -97,3 +98,16 @@ def _no_ambient_settings() -> Iterator[None]:
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OMNIPROFILE_")}
     yield
     os.environ.update(saved)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The fault scenarios' figures, when any ran (tests/integration/test_faults.py)."""
+    from tests.integration.faults_report import FIGURES, table, write
+
+    if not FIGURES:
+        return
+    full = "faults" in (config.option.markexpr or "")
+    path = write(FIGURES, full)
+    terminalreporter.section(f"fault injection ({'full' if full else 'short'} scenarios)")
+    terminalreporter.write_line(table(FIGURES))
+    terminalreporter.write_line(f"(also in {path})")

@@ -613,3 +613,39 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
         assert needed in patterns, needed
     assert {"__pycache__", "**/__pycache__"} & patterns
     assert {"*.jsonl", "**/*.jsonl"} & patterns
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.secure.yml (the SASL/SCRAM + TLS override; structure only, no Docker here)
+
+SECURE_FILE = ROOT / "docker-compose.secure.yml"
+
+
+def test_secure_override_takes_no_plaintext_from_clients():
+    secure = yaml.safe_load(SECURE_FILE.read_text())["services"]
+    env = secure["kafka"]["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    advertised = {entry.split("://")[0] for entry in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    # Every listener a client can reach is TLS; plaintext only for the controller inside the container.
+    assert all(protocols[name] in ("SSL", "SASL_SSL") for name in advertised)
+    assert [name for name, proto in protocols.items() if proto == "PLAINTEXT"] == ["CONTROLLER"]
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert "--port" in secure["redis"]["command"] and secure["redis"]["command"][secure["redis"]["command"].index("--port") + 1] == "0"
+    assert "--aclfile" in secure["redis"]["command"]
+
+
+def test_secure_override_wires_the_workers_settings():
+    secure = yaml.safe_load(SECURE_FILE.read_text())["services"]
+    env = {k: re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "pw-from-env", v) for k, v in secure["worker"]["environment"].items()}
+    assert set(env) <= set(SETTING_NAMES), set(env) - set(SETTING_NAMES)
+    settings = load_settings(**{SETTING_NAMES[k]: v for k, v in env.items() if k != "OMNIPROFILE_KAFKA_SSL_CAFILE"})
+    assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    url = urlsplit(settings.redis_url)
+    assert url.scheme == "rediss" and url.username == "omniprofile" and "ssl_ca_certs=" in url.query
+    assert "pw-from-env" not in settings.redis_url_safe
+    # The same secrets directory the certificate script writes.
+    assert "./secrets:/secrets:ro" in secure["worker"]["volumes"]
+    script = (ROOT / "scripts" / "secure-dev-certs.sh").read_text()
+    for name in ("ca.pem", "kafka.pem", "admin.pem", "redis.crt", "redis.key", "users.acl", "kafka_server_jaas.conf"):
+        assert name in script

@@ -1,0 +1,214 @@
+"""Bring the Redis serving view back after Redis lost data (a restart without persistence, a
+flush, an eviction): the Faust tables are the source of truth, so every worker rewrites what its
+active partitions hold.
+
+Each worker keeps, per part it serves (``profiles:<p>``, ``journeys:<p>``, ``identity``), a field
+in the hash ``{prefix}serving-synced``. A part whose field is missing is rewritten from the table,
+a chunk at a time, and its field is set only if every write of the rewrite reached the same Redis:
+the rewrite starts by reading (or creating) the token ``{prefix}serving-epoch``, and the field is set
+by a script that checks the token is unchanged. A Redis that restarts empty during a rewrite has
+no token, so the part is rewritten again on the next check. A fresh Redis therefore gets every
+profile written once when the worker starts, and a worker that takes over a partition finds its
+field already set by the previous owner.
+
+Rewrites go through the same sinks as live updates, so a profile that changes during its rewrite
+is never overwritten by an older version (the write-if-newer script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import datetime, timezone
+
+import faust
+import orjson
+from redis.exceptions import RedisError
+
+from models import stitching
+from models.identity import GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX
+from models.journeys import week_windows_of
+from models.view import redis_fields, render_profile
+from streams.app import Wiring
+from streams.topics import partition_of
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+# KEYS[1] epoch token, KEYS[2] synced hash; ARGV[1] expected token, ARGV[2] field, ARGV[3] value.
+MARK_IF_SAME_EPOCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+
+class ResyncAborted(RuntimeError):
+    """A write of the rewrite failed; the part stays unmarked and is tried again."""
+
+
+class ServingView:
+    """Checks this worker's parts of the serving view and rewrites the missing ones."""
+
+    def __init__(self, app: faust.App, wiring: Wiring, chunk: int = 500) -> None:
+        self.app = app
+        self.wiring = wiring
+        self.chunk = chunk
+        self.layout = wiring.sink.layout
+        self.backlog = 0  # keys left in the rewrite under way (a metric)
+        self.rewritten = 0  # parts rewritten since the start
+        self._lock = asyncio.Lock()
+
+    def settled(self) -> bool:
+        """No rebalance or table recovery under way: the tables hold every owned key."""
+        app = self.app
+        return (not getattr(app, "rebalancing", False) and not getattr(app, "in_recovery", False)
+                and app.tables.recovery.completed.is_set())
+
+    def parts(self) -> list[str]:
+        """The parts this worker serves now: its active partitions of each table."""
+        names = self.wiring.names
+        actives = self.app.assignor.assigned_actives()
+        parts = [f"profiles:{tp.partition}" for tp in actives if tp.topic == names.by_customer]
+        parts += [f"journeys:{tp.partition}" for tp in actives if tp.topic == names.journey_deltas]
+        if any(tp.topic == names.identity_events for tp in actives):
+            parts.append("identity")
+        return sorted(parts)
+
+    async def check(self) -> list[str]:
+        """Rewrite every part of this worker that Redis has no mark for; return the parts rewritten."""
+        if self._lock.locked():
+            return []
+        async with self._lock:
+            parts = self.parts() if self.settled() else []
+            if not parts:
+                return []
+            try:
+                client = self.wiring.sink._connection()
+                marks = await client.hmget(self.layout.serving_synced(), parts)
+                missing = [part for part, mark in zip(parts, marks) if mark is None]
+                if not missing:
+                    return []
+                await client.set(self.layout.serving_epoch(), secrets.token_hex(8), nx=True)
+                token = await client.get(self.layout.serving_epoch())
+            except (RedisError, OSError) as exc:
+                log.debug("Serving view check skipped: Redis unavailable (%s)", exc)
+                return []
+            done = []
+            for part in missing:
+                generation = self.app.rebalancing_count
+                if not self.settled() or part not in self.parts():  # the partition moved while we worked
+                    break
+                try:
+                    started = asyncio.get_running_loop().time()
+                    count = await self.rewrite(part)
+                    if self.app.rebalancing_count != generation or not self.settled():
+                        raise ResyncAborted("a rebalance started during the rewrite")
+                    mark = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                    marked = await client.eval(MARK_IF_SAME_EPOCH, 2, self.layout.serving_epoch(),
+                                               self.layout.serving_synced(), token, part, mark)
+                except (ResyncAborted, RedisError, OSError) as exc:
+                    log.warning("Rewrite of %s in Redis stopped (%s); trying again at the next check", part, exc)
+                    break
+                finally:
+                    self.backlog = 0
+                if marked:
+                    self.rewritten += 1
+                    done.append(part)
+                    log.info("Redis had no %s: rewrote %d entries from the table in %.1f s", part, count,
+                             asyncio.get_running_loop().time() - started)
+            return done
+
+    async def rewrite(self, part: str) -> int:
+        kind, _, partition = part.partition(":")
+        if kind == "profiles":
+            return await self._profiles(int(partition))
+        if kind == "journeys":
+            return await self._journeys(int(partition))
+        return await self._identity()
+
+    async def _flush_profiles(self) -> None:
+        sink = self.wiring.sink
+        failed = sink.stats.failed_flushes
+        await sink.flush()
+        if sink.stats.failed_flushes != failed:
+            raise ResyncAborted(sink.stats.last_error or "a flush of profiles failed")
+
+    async def _profiles(self, partition: int) -> int:
+        wiring, sink = self.wiring, self.wiring.sink
+        n = wiring.settings.partitions
+        keys = [key for key in list(wiring.profiles.keys()) if partition_of(key, n) == partition]
+        self.backlog = len(keys)
+        written = 0
+        for start in range(0, len(keys), self.chunk):
+            for key in keys[start:start + self.chunk]:
+                state = wiring.profiles.get(key)
+                if state is None or stitching.is_stub(state) or not state["events"]:
+                    continue
+                profile = render_profile(state)
+                sink.stage(profile["customer_id"], profile["version"], redis_fields(profile, orjson.dumps(profile)))
+                for scope, segment in sorted((state.get("segments") or {}).items()):
+                    sink.stage_move(profile["customer_id"], scope, None, segment)
+                written += 1
+            await self._flush_profiles()
+            self.backlog = max(0, len(keys) - start - self.chunk)
+            await asyncio.sleep(0)
+        return written
+
+    async def _journeys(self, partition: int) -> int:
+        wiring, sink = self.wiring, self.wiring.journey_sink
+        n = wiring.settings.partitions
+
+        def mine(counter: str) -> bool:
+            return partition_of(counter.encode(), n) == partition
+
+        totals = [(k, v) for k, v in list(wiring.journey_totals.items()) if mine(k)]
+        daily: dict[str, dict[int, float]] = {}
+        for (counter, (start, _end)), value in list(wiring.journey_daily.table.data.items()):
+            if mine(counter):
+                daily.setdefault(counter, {})[int(round(start * 1000))] = value
+        self.backlog = len(totals) + len(daily)
+        for counter, value in totals:
+            sink.stage_total(counter, value)
+        for counter, days in daily.items():
+            for day, value in days.items():
+                sink.stage_window("day", day, counter, value)
+            for start, total in week_windows_of(days):
+                sink.stage_window("7d", start, counter, total)
+        await self._flush_journeys()
+        return len(totals) + sum(len(days) for days in daily.values())
+
+    async def _flush_journeys(self) -> None:
+        sink = self.wiring.journey_sink
+        failed = sink.failed_flushes
+        await sink.flush()
+        if sink.failed_flushes != failed:
+            raise ResyncAborted("a flush of the journey counters failed")
+
+    async def _identity(self) -> int:
+        sink = self.wiring.identity_sink
+        count = 0
+        for raw, value in list(self.wiring.identity.items()):
+            key = raw.decode()
+            if key.startswith(ID_PREFIX):
+                sink.stage_id(key[len(ID_PREFIX):], value)
+            elif key.startswith(GROUP_PREFIX):
+                sink.stage_group(key[len(GROUP_PREFIX):], orjson.dumps(value))
+            elif key.startswith(SUPPRESSED_PREFIX):
+                sink.stage_suppressed(key[len(SUPPRESSED_PREFIX):])
+            else:
+                continue
+            count += 1
+            if count % self.chunk == 0:
+                await asyncio.sleep(0)
+        self.backlog = count
+        failed = sink.failed_flushes
+        await sink.flush()
+        if sink.failed_flushes != failed:
+            raise ResyncAborted("a flush of the identity graph failed")
+        return count
+

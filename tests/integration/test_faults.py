@@ -1,0 +1,632 @@
+"""Fault injection: kill, freeze, cut off and flood the worker, then prove nothing was lost and
+nothing counted twice.
+
+Every scenario feeds synthetic customers (models.synthetic, with aliases and so merges) to a real
+worker at a steady rate, injects its fault mid-stream, waits until the stream is drained, and then
+compares three views with the oracle (tests/integration/oracle.py, pandas over the events the test
+sent, never models/):
+
+- the last record per key on ``profiles.updates``,
+- the worker's profile table, read back from its changelog topic (last record per key),
+- the Redis profile hashes.
+
+``pytest -m faults`` runs the full scenarios (5 kills, a 20 s broker freeze, a 30 s Redis
+outage, ...); the normal suite runs each one short. Each scenario adds a row of figures (events,
+kills, outages, bad inputs, lost, duplicated, recovery times) to the table printed at the end of
+the run and written to ``.omniprofile/faults-report.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaAdminClient
+
+from models.synthetic import generate
+from streams.admin import OutputFollower, client_options, producer, read_topic
+from streams.commands import Worker, worker_env
+from streams.local import RedisServer, Tansu
+from tests.integration.conftest import Stack, make_stack
+from tests.integration.faults_report import FIGURES, Figures
+from tests.integration.oracle import compare, expected_profiles
+
+pytestmark = pytest.mark.faults
+
+
+@dataclass(frozen=True)
+class Intensity:
+    full: bool
+    customers: int  # synthetic customers (about 13 events each)
+    rate: int  # messages per second fed to the worker
+    kills: int
+    freeze_s: float
+    outage_s: float
+
+
+FULL = Intensity(True, customers=400, rate=100, kills=5, freeze_s=20.0, outage_s=30.0)
+SHORT = Intensity(False, customers=60, rate=250, kills=1, freeze_s=4.0, outage_s=5.0)
+
+
+@pytest.fixture(scope="module")
+def intensity(request: pytest.FixtureRequest) -> Intensity:
+    """Full scenarios when the run selects the ``faults`` marker (``pytest -m faults``)."""
+    return FULL if "faults" in (request.config.option.markexpr or "") else SHORT
+
+
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[Tansu]:
+    """A broker of this module's own: the freeze scenario stops it."""
+    tansu = Tansu().start()
+    yield tansu
+    os.kill(tansu.proc.pid, signal.SIGCONT)  # in case a failed test left it frozen
+    tansu.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this module's own: the outage scenario stops it and starts an empty one."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
+    """A fresh worker (own topic prefix, group and Redis prefix) per scenario."""
+    s = make_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS="1")
+    yield s
+    s.worker.stop()
+
+
+# --- feeding ------------------------------------------------------------------------------------
+
+
+def dataset(customers: int, seed: int) -> list[tuple[str, dict]]:
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=20)
+    return [(ge.source, ge.event) for ge in generate(customers, seed=seed, start=start, days=14).events]
+
+
+def retag(events: list[tuple[str, dict]], tag: str) -> list[tuple[str, dict]]:
+    """The same events for other people: every identifier and event id gets ``tag`` in front."""
+    out = []
+    for source, event in events:
+        event = {**event, "event_id": tag + event["event_id"]}
+        for name in ("customer_id", "anonymous_id", "email", "device_id"):
+            if event.get(name):
+                event[name] = tag + event[name]
+        if event["type"] == "alias":
+            event["properties"] = {**event["properties"], "previous_id": tag + event["properties"]["previous_id"]}
+        out.append((source, event))
+    return out
+
+
+def event_ms(event: dict) -> int:
+    ts = event["ts"]
+    return ts if isinstance(ts, int) else int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def keyed(source: str, event: dict) -> tuple[str, bytes | None, bytes]:
+    key = event.get("customer_id") or event.get("anonymous_id")
+    return source, key.encode() if key else None, orjson.dumps(event)
+
+
+class Feeder(threading.Thread):
+    """Publishes (source, key, value) messages at a steady rate; ``sent`` says how far it got.
+
+    The producer retries, so a broker that is frozen for a while delays messages but loses none.
+    """
+
+    def __init__(self, stack: Stack, messages: list[tuple[str, bytes | None, bytes]], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.messages, self.rate = stack, messages, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+        self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset written
+
+    def run(self) -> None:
+        try:
+            prod = producer(self.stack.settings, retries=2_147_483_647, request_timeout_ms=90_000,
+                            max_block_ms=120_000, max_request_size=8 * 1024 * 1024,
+                            max_in_flight_requests_per_connection=1)
+            started = time.monotonic()
+            futures = []
+            for i, (source, key, value) in enumerate(self.messages):
+                ahead = started + i / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                futures.append(prod.send(self.stack.names.source(source), key=key, value=value))
+                self.sent = i + 1
+            prod.flush(timeout=180)
+            for future in futures:
+                meta = future.get(timeout=60)
+                tp = (meta.topic, meta.partition)
+                self.offsets[tp] = max(self.offsets.get(tp, -1), meta.offset)
+            prod.close()
+        except BaseException as exc:  # reported by wait_sent
+            self.error = exc
+
+    def wait_until(self, share: float, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sent < share * len(self.messages):
+            assert self.error is None, f"the feeder failed: {self.error!r}"
+            assert time.monotonic() < deadline, f"the feeder sent only {self.sent} messages"
+            time.sleep(0.05)
+
+    def wait_sent(self, timeout: float = 300.0) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the feeder did not finish"
+        assert self.error is None, f"the feeder failed: {self.error!r}"
+
+
+# --- the oracle's three views ---------------------------------------------------------------------
+
+
+def last_by_key(stack: Stack, topic: str) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for key, value in read_topic(stack.settings, topic, idle_ms=2000, timeout_s=120):
+        if key is not None:
+            out[key.decode()] = value
+    return out
+
+
+def redis_profiles(stack: Stack, keys) -> dict[str, dict]:
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    try:
+        prefix = stack.settings.redis_key_prefix
+        pipe = client.pipeline(transaction=False)
+        keys = sorted(keys)
+        for key in keys:
+            pipe.hget(f"{prefix}profile:{key}", "json")
+        return {key: orjson.loads(raw) for key, raw in zip(keys, pipe.execute()) if raw is not None}
+    finally:
+        client.close()
+
+
+def rewritten_problems(stack: Stack) -> list[str]:
+    """Journey totals and identity entries in Redis against the worker's tables (their changelogs):
+    the parts of the serving view besides profiles that a rewrite must bring back."""
+    app_id, prefix = stack.settings.app_id, stack.settings.redis_key_prefix
+    totals = {orjson.loads(k): orjson.loads(v)
+              for k, v in last_by_key(stack, f"{app_id}-journeys-total-changelog").items() if v is not None}
+    identities = {k[2:]: orjson.loads(v)
+                  for k, v in last_by_key(stack, f"{app_id}-identity-graph-changelog").items()
+                  if v is not None and k.startswith("i|")}
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    try:
+        in_redis = {k.decode(): float(v) for k, v in client.hgetall(f"{prefix}journeys").items()}
+        pipe = client.pipeline(transaction=False)
+        for ident in identities:
+            pipe.get(f"{prefix}identity:{ident}")
+        canonical = dict(zip(identities, (v.decode() if v else None for v in pipe.execute())))
+    finally:
+        client.close()
+    problems = [f"journeys {k}: table {v}, Redis {in_redis.get(k)}" for k, v in totals.items()
+                if in_redis.get(k) is None or abs(in_redis[k] - round(v, 6)) > 1e-6]
+    problems += [f"identity {k}: table {v}, Redis {canonical[k]}" for k, v in identities.items() if canonical[k] != v]
+    assert totals and identities, "nothing to compare: no journey totals or identities in the tables"
+    return problems
+
+
+@dataclass
+class Verdict:
+    lost: int = 0
+    duplicated: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, view: str, key: str, lines: list[str]) -> None:
+        if lines:
+            self.problems.setdefault(f"{view} {key}", []).extend(lines)
+
+
+def table_problems(want: dict, state: dict) -> list[str]:
+    """The table state's own counters against the oracle (the state is read as stored)."""
+    lines = []
+    if state.get("events") != want["events"]:
+        lines.append(f"events: expected {want['events']}, got {state.get('events')}")
+    summary = want.get("summary")
+    if summary:
+        got = state["all"]
+        if got["events"] != summary["events"]:
+            lines.append(f"all.events: expected {summary['events']}, got {got['events']}")
+        if got["types"] != summary["event_types"]:
+            lines.append(f"all.types: expected {summary['event_types']}, got {got['types']}")
+        if got["orders"] != summary["orders"] or got["revenue_cents"] != round(summary["revenue"] * 100):
+            lines.append(f"orders/revenue: expected {summary['orders']}/{summary['revenue']}, "
+                         f"got {got['orders']}/{got['revenue_cents'] / 100}")
+    return lines
+
+
+def judge(stack: Stack, sent: list[tuple[str, dict]]) -> Verdict:
+    """Compare the updates topic, the table changelog and Redis with the oracle."""
+    expected = expected_profiles(sent)
+    verdict = Verdict()
+    updates = {k: orjson.loads(v) for k, v in last_by_key(stack, stack.names.updates).items() if v is not None}
+    changelog = last_by_key(stack, f"{stack.settings.app_id}-profiles-changelog")
+    tables = {k: orjson.loads(v) for k, v in changelog.items() if v is not None}
+    tables = {k: v for k, v in tables.items() if "merged_into" not in v}  # forwarding stubs of merged keys
+    in_redis = redis_profiles(stack, set(expected) | set(updates))
+    for key, want in expected.items():
+        got = updates.get(key)
+        count = got["profile"]["events"] if got else 0
+        verdict.lost += max(0, want["events"] - count)
+        verdict.duplicated += max(0, count - want["events"])
+        verdict.add("updates", key, ["no ProfileUpdate"] if got is None else compare(want, got["profile"]))
+        verdict.add("table", key, ["no table entry"] if key not in tables else table_problems(want, tables[key]))
+        if key not in in_redis:
+            verdict.add("redis", key, ["no Redis hash"])
+        else:
+            verdict.add("redis", key, compare(want, in_redis[key]))
+            if got is not None and in_redis[key]["version"] != got["profile"]["version"]:
+                verdict.add("redis", key, [f"version {in_redis[key]['version']}, last update {got['version']}"])
+    for key in sorted(set(updates) - set(expected)):
+        verdict.duplicated += updates[key]["profile"]["events"]
+        verdict.add("updates", key, ["a profile the oracle does not know"])
+    for key in sorted(set(tables) - set(expected)):
+        if tables[key].get("events"):
+            verdict.add("table", key, ["a table entry the oracle does not know"])
+    return verdict
+
+
+def drain(stack: Stack, total: int, alive: Callable[[], bool] | None = None, timeout: float = 300.0) -> None:
+    """Wait until the published profiles hold ``total`` events and stay there."""
+    follower = OutputFollower(stack.settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while follower.events_applied < total:
+            assert (alive or (lambda: stack.worker.proc.poll() is None))(), stack.worker.tail()
+            assert time.monotonic() < deadline, f"only {follower.events_applied} of {total} events applied"
+            follower.poll(500)
+        time.sleep(2.0)  # the last Redis flush and changelog writes
+    finally:
+        follower.close()
+
+
+def finish(stack: Stack, feeder: Feeder, sent: list[tuple[str, dict]], figures: Figures, started: float) -> None:
+    """The common end of a fed scenario: everything sent, drained, timed and judged."""
+    feeder.wait_sent()
+    drain(stack, len(sent))
+    figures.seconds = time.monotonic() - started
+    record(figures, judge(stack, sent))
+
+
+def record(figures: Figures, verdict: Verdict) -> None:
+    figures.lost, figures.duplicated, figures.differing = verdict.lost, verdict.duplicated, len(verdict.problems)
+    FIGURES.append(figures)
+    first = list(verdict.problems.items())[:5]
+    assert not verdict.problems, f"{len(verdict.problems)} views differ from the oracle, e.g. {first}"
+    assert verdict.lost == 0 and verdict.duplicated == 0
+
+
+class Watch:
+    """Follows ``profiles.updates`` through a scenario: how many records so far, and waiting for more
+    (the worker producing again after a fault)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.follower = OutputFollower(stack.settings)
+
+    def mark(self) -> int:
+        """Records seen up to now (whatever has arrived; it does not wait for the topic to go quiet)."""
+        while self.follower.poll(100):
+            pass
+        return self.follower.updates_seen
+
+    def wait_new(self, since: int, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.follower.updates_seen <= since:
+            assert time.monotonic() < deadline, f"no new ProfileUpdate within {timeout:.0f} s after the fault"
+            self.follower.poll(100)
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+def test_kill_9_mid_stream_again_and_again(stack, intensity):
+    sent = dataset(intensity.customers, seed=21)
+    feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
+    figures = Figures("kill -9 the worker", events=len(sent), kills=intensity.kills)
+    watch = Watch(stack)
+    started = time.monotonic()
+    feeder.start()
+    for n in range(intensity.kills):
+        feeder.wait_until((n + 1) / (intensity.kills + 1))
+        before = watch.mark()
+        stack.worker.proc.send_signal(signal.SIGKILL)
+        stack.worker.stop()  # reaps it and closes its log
+        killed = time.monotonic()
+        stack.start_worker(f"worker-{n + 2}.log")
+        watch.wait_new(before)
+        figures.recovery_s.append(time.monotonic() - killed)
+    watch.close()
+    finish(stack, feeder, sent, figures, started)
+
+
+def test_two_workers_one_killed(stack, intensity):
+    sent = dataset(intensity.customers, seed=22)
+    second = Worker(worker_env(stack.env), stack.datadir / "worker-b.log")
+    second.wait_ready()
+    feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
+    figures = Figures("2 workers, kill -9 one", events=len(sent), kills=1)
+    watch = Watch(stack)
+    started = time.monotonic()
+    feeder.start()
+    try:
+        feeder.wait_until(0.4)
+        before = watch.mark()
+        stack.worker.proc.send_signal(signal.SIGKILL)
+        stack.worker.stop()  # reaps it and closes its log
+        killed = time.monotonic()
+        stack.worker = second  # the survivor takes every partition
+        watch.wait_new(before)
+        figures.recovery_s.append(time.monotonic() - killed)
+        feeder.wait_sent()
+        drain(stack, len(sent))
+    finally:
+        stack.worker = second
+        watch.close()
+    figures.seconds = time.monotonic() - started
+    record(figures, judge(stack, sent))
+
+
+def test_broker_frozen(stack, own_broker, intensity):
+    sent = dataset(intensity.customers, seed=23)
+    feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
+    figures = Figures(f"broker frozen {intensity.freeze_s:.0f} s (SIGSTOP)", events=len(sent),
+                      outages=f"broker {intensity.freeze_s:.0f} s")
+    watch = Watch(stack)
+    started = time.monotonic()
+    feeder.start()
+    feeder.wait_until(0.4)
+    before = watch.mark()
+    os.kill(own_broker.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(intensity.freeze_s)
+    finally:
+        os.kill(own_broker.proc.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    watch.wait_new(before)
+    watch.close()
+    figures.recovery_s.append(time.monotonic() - resumed)
+    finish(stack, feeder, sent, figures, started)
+    assert stack.worker.proc.poll() is None, "the worker died while the broker was frozen"
+
+
+def test_redis_down_then_back_empty(stack, own_redis, intensity):
+    sent = dataset(intensity.customers, seed=24)
+    feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
+    figures = Figures(f"Redis down {intensity.outage_s:.0f} s, back empty", events=len(sent),
+                      outages=f"Redis {intensity.outage_s:.0f} s")
+    started = time.monotonic()
+    feeder.start()
+    feeder.wait_until(0.3)
+    port = own_redis.port
+    own_redis.stop()
+    applied_during = OutputFollower(stack.settings)
+    applied_during.poll(500)
+    before = applied_during.events_applied
+    time.sleep(intensity.outage_s)
+    applied_during.poll(500)
+    progressed = applied_during.events_applied - before
+    applied_during.close()
+    restarted = RedisServer(port=port).start()  # same port, no data
+    own_redis.proc, own_redis.workdir = restarted.proc, restarted.workdir
+    back = time.monotonic()
+    feeder.wait_sent()
+    drain(stack, len(sent))
+    # Redis converges to the table state: poll until the serving view equals the updates.
+    deadline = time.monotonic() + 120
+    while True:
+        verdict = judge(stack, sent)
+        for line in rewritten_problems(stack):
+            verdict.add("redis", "(journeys, identity)", [line])
+        if not verdict.problems or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    figures.recovery_s.append(time.monotonic() - back)
+    figures.seconds = time.monotonic() - started
+    figures.note = f"{progressed} events applied while Redis was down"
+    assert progressed > 0, "processing stopped while Redis was down"
+    record(figures, verdict)
+
+
+POISON = {
+    "oversized": lambda ev: orjson.dumps({**ev, "properties": {"blob": "x" * 1_200_000}}),
+    "JSON null": lambda ev: b"null",
+    "a number": lambda ev: b"42",
+    "placeholder id": lambda ev: orjson.dumps({**{k: v for k, v in ev.items()
+                                                  if k not in ("email", "anonymous_id", "device_id")},
+                                                 "customer_id": "undefined"}),
+    "unknown source field type": lambda ev: orjson.dumps({**ev, "ts": {"nested": True}}),
+}
+
+
+def poison_messages(sent: list[tuple[str, dict]], share: float, seed: int) -> list[tuple[str, bytes | None, bytes]]:
+    """About ``share`` of the valid messages' count in bad input of every kind: the synthetic
+    generator's kinds, plus the ones above and a JSON array with one bad element."""
+    rng = random.Random(seed)
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=20)
+    count = round(share * len(sent))
+    kinds = list(POISON)
+    data = generate(len({e.get("customer_id") for _, e in sent}), seed=seed, start=start, days=14,
+                    invalid_rate=share / 2)
+    bad = [(b.source, None, b.payload) for b in data.invalid]
+    while len(bad) < count:
+        source, event = rng.choice(sent)
+        kind = kinds[len(bad) % len(kinds)]
+        if kind == "placeholder id" and source != "clickstream":
+            continue
+        bad.append((source, None, POISON[kind]({**event, "event_id": f"poison-{len(bad)}"})))
+    return bad[:count]
+
+
+def test_poison_and_invalid_input(stack, intensity):
+    sent = dataset(intensity.customers, seed=25)
+    good = [keyed(s, e) for s, e in sent]
+    bad = poison_messages(sent, 0.10, seed=25)
+    # One array mixing a valid event with a bad one: the valid one counts, the bad one is dead-lettered.
+    extra_source, extra_event = sent[0]
+    extra = {**extra_event, "event_id": "array-valid-1"}
+    array = (extra_source, None, orjson.dumps([extra, {"event_id": "array-bad-1"}]))
+    mixed = good + bad + [array]
+    random.Random(25).shuffle(mixed)
+    all_sent = sent + [(extra_source, extra)]
+    figures = Figures("10% poison and invalid input", events=len(all_sent), bad_inputs=len(bad) + 1)
+
+    clean = retag(dataset(intensity.customers, seed=26), "clean-")
+    started = time.monotonic()
+    figures.note = throughput_note(stack, clean, mixed, all_sent)
+    figures.seconds = time.monotonic() - started
+    letters = [orjson.loads(v) for _, v in read_topic(stack.settings, stack.names.deadletter, idle_ms=1500)]
+    # Every bad input is dead-lettered, and nothing else is. A producer retry can deliver an input
+    # message twice (at least once), and then its dead letter comes twice too: counted, not failed.
+    wanted = Counter(fingerprint(value) for _, _, value in bad) + Counter([fingerprint(b'{"event_id":"array-bad-1"}')])
+    got = Counter(fingerprint(letter_bytes(letter), letter["value_size"]) for letter in letters)
+    figures.note += f"; {len(letters)} dead letters for {len(bad) + 1} bad inputs"
+    record(figures, judge(stack, all_sent + clean))
+    assert not wanted - got, f"bad inputs without a dead letter: {list((wanted - got).items())[:3]}"
+    assert set(got) <= set(wanted), f"dead letters of inputs that were not bad: {list(set(got) - set(wanted))[:3]}"
+    assert all(letter["error"] for letter in letters), "a dead letter without a reason"
+
+
+def letter_bytes(letter: dict) -> bytes:
+    value = letter["value"]
+    return base64.b64decode(value) if letter["value_encoding"] == "base64" else value.encode()
+
+
+def fingerprint(value: bytes, size: int | None = None) -> tuple[bytes, int] | str:
+    """A bad input by its event id when it has one (a dead letter may hold the validated record
+    rather than the original bytes), else by its first 100 bytes and its size (dead letters keep only
+    the first 64 KiB)."""
+    full = len(value) if size is None else size
+    if full > 65_536:  # kept only in part: by prefix and size
+        return value[:100], full
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("event_id"), str):
+        return parsed["event_id"]
+    return value[:100], full
+
+
+def throughput_note(stack: Stack, clean: list[tuple[str, dict]], mixed, all_sent) -> str:
+    """Valid events per second of a clean backlog and of the poisoned one, same worker: each backlog
+    is published while the worker is stopped, and timed from the restarted worker's readiness until it
+    is drained (a figure, not an assertion: timings belong in reports)."""
+    rates = []
+    total = 0
+    for n, (messages, valid) in enumerate((([keyed(s, e) for s, e in clean], len(clean)), (mixed, len(all_sent)))):
+        assert stack.worker.stop() == 0, stack.worker.tail()
+        prod = producer(stack.settings, max_request_size=8 * 1024 * 1024)
+        for source, key, value in messages:
+            prod.send(stack.names.source(source), key=key, value=value)
+        prod.flush()
+        prod.close()
+        stack.start_worker(f"worker-backlog-{n}.log")
+        started = time.monotonic()
+        total += valid
+        drain(stack, total)
+        rates.append(valid / (time.monotonic() - started - 2.0))  # drain() waits 2 s after the end
+    return f"valid events/s: clean {rates[0]:,.0f}, with poison {rates[1]:,.0f} ({rates[1] / rates[0]:.2f}x)"
+
+
+def test_duplicates_shuffled_and_late_events(stack, intensity):
+    sent = dataset(intensity.customers, seed=27)
+    rng = random.Random(27)
+    by_time = sorted(sent, key=lambda se: event_ms(se[1]))
+    # Shuffled within each hour of event time.
+    hours: dict[int, list] = {}
+    for source, event in by_time:
+        hours.setdefault(event_ms(event) // 3_600_000, []).append((source, event))
+    order = []
+    for hour in sorted(hours):
+        chunk = hours[hour]
+        rng.shuffle(chunk)
+        order.extend(chunk)
+    # 5% held back and sent last (days late), 10% sent again at a random later point.
+    late = set(rng.sample(range(len(order)), len(order) // 20))
+    stream = [m for i, m in enumerate(order) if i not in late] + [order[i] for i in sorted(late)]
+    for item in rng.sample(stream, len(stream) // 10):
+        stream.insert(rng.randrange(stream.index(item) + 1, len(stream) + 1), item)
+    feeder = Feeder(stack, [keyed(s, e) for s, e in stream], intensity.rate * 2)
+    figures = Figures("10% duplicates, shuffled, late", events=len(sent),
+                      note=f"{len(stream) - len(sent)} duplicates, {len(late)} late")
+    started = time.monotonic()
+    feeder.start()
+    finish(stack, feeder, sent, figures, started)
+
+
+def test_scale_one_two_one_under_load(stack, intensity):
+    sent = dataset(intensity.customers, seed=28)
+    feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
+    figures = Figures("1 -> 2 -> 1 workers under load", events=len(sent))
+    started = time.monotonic()
+    feeder.start()
+    feeder.wait_until(0.25)
+    second = Worker(worker_env(stack.env), stack.datadir / "worker-b.log")
+    second.wait_ready()
+    feeder.wait_until(0.6)
+    assert second.stop() == 0, second.tail()
+    finish(stack, feeder, sent, figures, started)
+
+
+def updates_count(stack: Stack) -> int:
+    """Records on ``profiles.updates``, read until the topic is quiet (only where nothing runs)."""
+    return sum(1 for _ in read_topic(stack.settings, stack.names.updates, idle_ms=1000))
+
+
+def committed_offsets(stack: Stack) -> dict[tuple[str, int], int]:
+    admin = KafkaAdminClient(**client_options(stack.settings))
+    try:
+        offsets = admin.list_group_offsets({stack.settings.app_id: None})[stack.settings.app_id]
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+
+def test_sigterm_flushes_and_a_restart_resumes_from_committed_offsets(stack, intensity):
+    sent = dataset(intensity.customers, seed=29)
+    half = len(sent) // 2
+    first = Feeder(stack, [keyed(s, e) for s, e in sent[:half]], intensity.rate * 2)
+    figures = Figures("SIGTERM, restart", events=len(sent))
+    started = time.monotonic()
+    first.start()
+    first.wait_sent()
+    drain(stack, half)
+    assert stack.worker.stop() == 0, stack.worker.tail()
+    # Everything the stopped worker published is in Redis, at the same version.
+    updates = {k: orjson.loads(v) for k, v in last_by_key(stack, stack.names.updates).items() if v is not None}
+    in_redis = redis_profiles(stack, updates)
+    stale = [k for k, u in updates.items() if in_redis.get(k, {}).get("version") != u["version"]]
+    assert not stale, f"{len(stale)} profiles not flushed to Redis at SIGTERM, e.g. {stale[:5]}"
+    # Every input message it read was committed: the offsets are the ends the producer saw.
+    committed = committed_offsets(stack)
+    behind = {tp: (committed.get(tp), last + 1) for tp, last in first.offsets.items() if committed.get(tp) != last + 1}
+    assert not behind, f"committed offsets short of what was processed: {behind}"
+    count = updates_count(stack)
+    restarted = time.monotonic()
+    stack.start_worker("worker-2.log")
+    figures.recovery_s.append(time.monotonic() - restarted)
+    time.sleep(3)
+    assert updates_count(stack) == count, "the restarted worker published again what it had done"
+    second = Feeder(stack, [keyed(s, e) for s, e in sent[half:]], intensity.rate)
+    second.start()
+    second.wait_sent()
+    drain(stack, len(sent))
+    figures.seconds = time.monotonic() - started
+    record(figures, judge(stack, sent))
