@@ -35,8 +35,31 @@ def stub(into: str, now_ms: int) -> State:
     return {"merged_into": into, "ts": now_ms}
 
 
+def already_absorbed(held: State | None, absorbed: str) -> bool:
+    """``held`` has merged ``absorbed`` in before: a merge message seen again is a replay.
+
+    Delivery is at-least-once: a worker killed after the absorbed profile sent its
+    :func:`handover` but before its forwarding stub reached the changelog sends the same
+    handover again on restart (and a restarted identity stage repeats ``expect``). Folding it
+    twice would count the absorbed history twice, so the survivor remembers every id it
+    absorbed, in ``merged_from`` and, past that list's cap, as an ``absorbed:<id>`` mark in
+    its deduplication window.
+    """
+    return held is not None and (
+        absorbed in held.get("merged_from", ()) or absorbed_mark(absorbed) in held.get("seen", ())
+    )
+
+
+def absorbed_mark(absorbed: str) -> str:
+    return f"absorbed:{absorbed}"
+
+
 def expect(held: State | None, key: str, absorbed: str, now_ms: int) -> State:
-    """The state of ``key`` once told that ``absorbed`` is on its way to be merged in."""
+    """The state of ``key`` once told that ``absorbed`` is on its way to be merged in
+    (unchanged when it was merged in before: see :func:`already_absorbed`)."""
+    if already_absorbed(held, absorbed):
+        assert held is not None
+        return held
     state = copy_state(held) if held is not None else new_state(key)
     pending = state.setdefault("pending", {"from": [], "held": [], "since": now_ms})
     if absorbed not in pending["from"]:
@@ -99,15 +122,21 @@ def absorb(
     window_ms: int = 7 * DAY_MS,
     halflife_ms: int = DAY_MS,
 ) -> Absorbed:
-    """Merge a :func:`handover` into ``held`` (rules: :func:`models.profile.merge_states`)."""
+    """Merge a :func:`handover` into ``held`` (rules: :func:`models.profile.merge_states`);
+    a handover merged in before (a replay, :func:`already_absorbed`) adds no history again."""
     state = copy_state(held)
     pending = state.pop("pending", None) or {"from": [], "held": [], "since": now_ms}
     waiting = [x for x in pending["from"] if x != message["from"]] + list(message["pending"])
     records = pending["held"] + message["held"]
     other = message["state"]
+    if other is not None and already_absorbed(held, message["from"]):
+        other = None  # a replayed handover: its history is in already (its held events dedup)
     result = Absorbed(state, [], bool(waiting), other is not None)
     if other is not None:
         result.state = merge_states(state, other, dedup_window)
+        mark = absorbed_mark(message["from"])
+        if dedup_window:
+            result.state["seen"] = [*result.state["seen"], mark][-dedup_window:]
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
     if waiting:
         result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}

@@ -5,7 +5,7 @@ revenue), not taken from the code under test."""
 
 from __future__ import annotations
 
-from models.profile import apply_events
+from models.profile import MAX_MERGED_FROM, apply_events
 from models.stitching import absorb, expect, handover, is_stub, receive, stub
 
 WAIT = 30_000
@@ -79,3 +79,43 @@ def test_a_profile_without_events_hands_over_nothing_but_its_wait():
     message = handover("anon:x", x, cause="e")
     assert message["state"] is None and message["pending"] == ["anon:y"]
     assert handover("anon:z", None, cause="e")["state"] is None
+
+
+def test_a_replayed_expect_and_handover_count_the_absorbed_history_once(ref):
+    """A worker killed between sending the handover and storing its stub sends the same
+    handover again on restart, and a restarted identity stage repeats ``expect``."""
+    anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(3)]
+    absorbed = apply_events(None, "anon:x", anon).state
+    own = [ref.record("c0", "purchase", 500, revenue=12.5)]
+    survivor = expect(apply_events(None, "c-1", own).state, "c-1", "anon:x", now_ms=0)
+    message = handover("anon:x", absorbed, cause="login")
+    once = absorb(survivor, message, now_ms=10)
+    state = fold(once.state, once.records)
+
+    again = expect(state, "c-1", "anon:x", now_ms=20)
+    assert "pending" not in again, "the survivor would hold its new events for a merge it has done"
+    later = [ref.record("new", "page_view", 3_000)]
+    r = receive(again, later, now_ms=21, wait_ms=WAIT)
+    assert not r.waiting
+    twice = absorb(fold(r.state, r.records), message, now_ms=30)
+    assert not twice.merged
+    final = fold(twice.state, twice.records)
+    events, revenue = recount(anon, own, later)
+    assert final["events"] == events == 5
+    assert final["all"]["revenue_cents"] == revenue == 1250
+    assert final["merged_from"] == ["anon:x"]
+
+
+def test_a_replay_is_recognised_past_the_cap_on_merged_from(ref):
+    """merged_from keeps the first MAX_MERGED_FROM ids; later ones are recognised by their mark."""
+    state = apply_events(None, "c-1", [ref.record("c0", "page_view", 1)]).state
+    sent = 0
+    for i in range(MAX_MERGED_FROM + 3):
+        other = apply_events(None, f"anon:{i}", [ref.record(f"x{i}", "page_view", 10 + i, customer_id=None,
+                                                            anonymous_id=str(i))]).state
+        message = handover(f"anon:{i}", other, cause=f"e{i}")
+        for _ in range(2):  # each handover delivered twice
+            state = fold(*(lambda a: (a.state, a.records))(absorb(state, message, now_ms=i)))
+        sent += 1
+    assert f"anon:{MAX_MERGED_FROM + 2}" not in state["merged_from"]
+    assert state["events"] == 1 + sent
