@@ -161,6 +161,16 @@ class SegmentLearner:
     snapshots to share; where they are kept (a global table, a dict) is the caller's business.
     ``stored`` gives the last shared snapshot of a scope, from which a restarted learner resumes.
 
+    Learning is exactly-once over an at-least-once topic: the caller passes the *position* of
+    every message (its offset on the one-partition learning topic) to :meth:`at`, and with each
+    of its vectors to :meth:`learn`. A snapshot records the position of the last message its
+    model learned from; the vectors of a message at or before it are a replay (a restart or a
+    rebalance re-reads from the committed offset) and are skipped. A gap in the positions means another learner
+    had the topic meanwhile: every model whose stored snapshot is further along is re-read
+    from it, so a learner that gets the topic back never overwrites newer models with its
+    stale copy. (Positions are offsets of that topic: recreate it only together with the
+    model table.)
+
     >>> shared = {}
     >>> learner = SegmentLearner(model_factory(2, 0.01, 4), shared.get, snapshot_every=100)
     >>> for v in (1.0, 2.0, 50.0):
@@ -183,19 +193,46 @@ class SegmentLearner:
         self.snapshot_every = snapshot_every
         self.models: dict[str, SegmentModel] = {}
         self.snapshot_at: dict[str, int] = {}
+        self.positions: dict[str, int] = {}  # per scope: the last message its model learned from
+        self.last_position: int | None = None  # of the last message this learner saw
+        self.learning: set[str] = set()  # scopes the message at last_position has taught so far
+        self.replays_skipped = 0
 
     def model(self, scope: str) -> SegmentModel:
         model = self.models.get(scope)
         if model is None:
-            snapshot = self.stored(scope)
-            model = SegmentModel.from_json(snapshot) if snapshot is not None else self.new_model(scope)
-            self.models[scope] = model
-            self.snapshot_at[scope] = model.n_learned
+            model = self._load(scope)
         return model
 
-    def learn(self, scope: str, x: Mapping[str, float]) -> dict[str, Any] | None:
-        """Learn one vector; the snapshot to share when one is due."""
+    def _load(self, scope: str) -> SegmentModel:
+        snapshot = self.stored(scope)
+        model = SegmentModel.from_json(snapshot) if snapshot is not None else self.new_model(scope)
+        self.models[scope] = model
+        self.snapshot_at[scope] = model.n_learned
+        self.positions[scope] = snapshot.get("position", -1) if snapshot is not None else -1
+        return model
+
+    def at(self, position: int) -> None:
+        """The next message is at ``position``; after a gap, re-read the models stored further along."""
+        if self.last_position is not None and position != self.last_position + 1:
+            for scope in list(self.models):
+                snapshot = self.stored(scope)
+                if snapshot is not None and snapshot.get("position", -1) > self.positions[scope]:
+                    self._load(scope)
+        self.last_position = position
+        self.learning.clear()
+
+    def learn(self, scope: str, x: Mapping[str, float], position: int | None = None) -> dict[str, Any] | None:
+        """Learn one vector (from the message at ``position``, when known); the snapshot to
+        share when one is due. A vector of a message the model has learned from is skipped."""
         model = self.model(scope)
+        if position is not None:
+            # A message holds many vectors, several of one scope: the first one decides.
+            if scope not in self.learning and position <= self.positions[scope]:
+                self.replays_skipped += 1
+                return None
+            self.learning.add(scope)
+            self.positions[scope] = position
         version = model.version
         model.learn_one(x)
         if model.n_learned - self.snapshot_at[scope] >= self.snapshot_every or model.version != version:
@@ -214,7 +251,7 @@ class SegmentLearner:
     def _snapshot(self, scope: str) -> dict[str, Any]:
         model = self.models[scope]
         self.snapshot_at[scope] = model.n_learned
-        return model.to_json()
+        return {**model.to_json(), "position": self.positions[scope]}
 
 
 class ModelCache:

@@ -507,8 +507,8 @@ class Learner:
             s.segment_snapshot_every,
         )
 
-    def learn(self, scope: str, x: dict) -> None:
-        snapshot = self.core.learn(scope, x)
+    def learn(self, scope: str, x: dict, position: int | None = None) -> None:
+        snapshot = self.core.learn(scope, x, position)
         if snapshot is not None:
             # Written inside the learner's stream iteration: the table needs the current event.
             self.table[scope.encode()] = snapshot
@@ -553,12 +553,14 @@ async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> 
 
 
 async def learn_vector(learner: Learner, event: faust.EventT) -> None:
+    position = event.message.offset  # exactly-once learning (models.segmentation.SegmentLearner)
+    learner.core.at(position)
     if event.value == SEED:
         learner.seed_small_scopes()
         return
     message = orjson.loads(event.value)
     for item in message["batch"] if "batch" in message else [message]:
-        learner.learn(item["scope"], item["x"])
+        learner.learn(item["scope"], item["x"], position)
 
 
 def active_partitions(app: faust.App, wiring: Wiring) -> set[int]:

@@ -612,6 +612,14 @@ def all_snapshots(world: World, scope: str) -> list[dict]:
     return [snap for name, snap in world.outputs.snapshots if name == scope]
 
 
+def describe_moves(world: World, moved: dict[str, list[dict]]) -> str:
+    """The first moves, with the snapshots shared of their scopes' models (n_learned, version),
+    to tell a model that changed from two scorers that disagree."""
+    scopes = {c["scope"] for changes in moved.values() for c in changes}
+    stamps = {scope: [(s["n_learned"], s["version"]) for s in all_snapshots(world, scope)][-6:] for scope in scopes}
+    return f"{dict(list(moved.items())[:3])}; last snapshots of their models: {stamps}"
+
+
 def test_models_survive_a_worker_restart(world, population):
     stack = world.stack
     profiles = world.outputs.profiles()
@@ -619,8 +627,11 @@ def test_models_survive_a_worker_restart(world, population):
     for changes in world.outputs.changes.values():
         for c in changes:
             model_before[c["scope"]] = max(model_before.get(c["scope"], 0), c["model_version"])
-    assert model_before["all"] >= WARMUP  # the 'all' model was seeded for good from a full buffer
     shared = all_snapshots(world, "all")
+    stamps = [(s["n_learned"], s["version"], s["provisional"], s.get("position")) for s in shared]
+    assert model_before["all"] >= WARMUP, (  # the 'all' model was seeded for good from a full buffer
+        f"the last move in 'all' was made by a model of {model_before['all']} vectors; "
+        f"snapshots of 'all' (n_learned, version, provisional, position): {stamps}")
     assert shared and shared[-1]["seeded"] and not shared[-1]["provisional"]
     learned_before = shared[-1]["n_learned"]
     changes_before = {cid: len(c) for cid, c in world.outputs.changes.items()}
@@ -647,7 +658,7 @@ def test_models_survive_a_worker_restart(world, population):
     world.wait(lambda: time.monotonic() - restarted_at > 2 * SWEEP_SECONDS + 1.5, lambda: "two sweeps", timeout=30)
     moved = {cid: world.outputs.changes[cid][n:] for cid, n in changes_before.items()
              if len(world.outputs.changes[cid]) > n}
-    assert not moved, f"customers moved after the restart: {dict(list(moved.items())[:3])}"
+    assert not moved, f"customers moved after the restart: {describe_moves(world, moved)}"
 
     # The learner goes on from the recovered model: eight app buyers old enough to teach
     # send one message each (one vector for 'all'), so two more snapshots of 'all' follow
@@ -740,6 +751,7 @@ def test_two_workers_give_the_same_segment_for_the_same_features(world, populati
                and time.monotonic() - world.outputs.last_activity > 1.0, lambda: "two sweeps", timeout=30)
     moved = {cid: world.outputs.changes[cid][n:] for cid, n in changes_before.items()
              if len(world.outputs.changes[cid]) > n}
-    assert not moved, f"customers moved once two workers scored them: {dict(list(moved.items())[:3])}"
+    scorers = {cid: "first" if partition_of(cid.encode(), PARTITIONS) in owned["first"] else "second" for cid in moved}
+    assert not moved, f"customers moved once two workers scored them: {describe_moves(world, moved)}, scored by {scorers}"
     # The serving view is still consistent with the profiles, with two workers writing it.
     check_redis_segments(world, world.outputs.profiles())
