@@ -88,7 +88,7 @@ class ServingView:
             if not parts:
                 return []
             try:
-                client = self.wiring.sink._connection()
+                client = self.wiring.sink.connection()
                 marks = await client.hmget(self.layout.serving_synced(), parts)
                 missing = [part for part, mark in zip(parts, marks) if mark is None]
                 if not missing:

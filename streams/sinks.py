@@ -122,7 +122,8 @@ class RedisProfileSink:
         self._script = None
         self._lock = asyncio.Lock()
 
-    def _connection(self) -> aioredis.Redis:
+    def connection(self) -> aioredis.Redis:
+        """The sink's Redis client, created on first use (the serving-view resync shares it)."""
         if self._client is None:
             self._client = connect(self.url, self.socket_timeout)
             self._script = self._client.register_script(WRITE_IF_NEWER)
@@ -163,7 +164,7 @@ class RedisProfileSink:
             moves, self._moves = self._moves, []
             deletes, self._deletes = self._deletes, {}
             try:
-                pipe = self._connection().pipeline(transaction=False)
+                pipe = self.connection().pipeline(transaction=False)
                 for customer_id, (version, fields) in batch.items():
                     args: list = [version]
                     for name, value in fields.items():
@@ -222,7 +223,7 @@ class RedisProfileSink:
 
     async def write_summaries(self, documents: dict[str, bytes]) -> None:
         """Replace the persona summaries (scope -> JSON); scopes no longer summarised are dropped."""
-        client = self._connection()
+        client = self.connection()
         key = self.layout.segment_summaries()
         gone = {name.decode() for name in await client.hkeys(key)} - set(documents)
         pipe = client.pipeline(transaction=True)

@@ -90,6 +90,16 @@ def stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
     s.worker.stop()
 
 
+@pytest.fixture()
+def segmented_stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
+    """As ``stack``, with segment models small enough to be seeded by this many customers, so the
+    Redis segment sets have members to lose and to rewrite."""
+    s = make_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS="1",
+                   OMNIPROFILE_SEGMENTS="3", OMNIPROFILE_SEGMENT_WARMUP="20", OMNIPROFILE_SEGMENT_SWEEP_SECONDS="2")
+    yield s
+    s.worker.stop()
+
+
 # --- feeding ------------------------------------------------------------------------------------
 
 
@@ -195,9 +205,16 @@ def redis_profiles(stack: Stack, keys) -> dict[str, dict]:
 
 
 def rewritten_problems(stack: Stack) -> list[str]:
-    """Journey totals and identity entries in Redis against the worker's tables (their changelogs):
-    the parts of the serving view besides profiles that a rewrite must bring back."""
+    """Journey totals, identity entries and segment sets in Redis against the worker's tables (their
+    changelogs): the parts of the serving view besides profiles that a rewrite must bring back."""
     app_id, prefix = stack.settings.app_id, stack.settings.redis_key_prefix
+    members: dict[tuple[str, str], set[str]] = {}
+    for key, value in last_by_key(stack, f"{app_id}-profiles-changelog").items():
+        state = orjson.loads(value) if value is not None else {}
+        if "merged_into" in state or not state.get("events"):
+            continue
+        for scope, segment in (state.get("segments") or {}).items():
+            members.setdefault((scope, segment), set()).add(key)
     totals = {orjson.loads(k): orjson.loads(v)
               for k, v in last_by_key(stack, f"{app_id}-journeys-total-changelog").items() if v is not None}
     identities = {k[2:]: orjson.loads(v)
@@ -210,12 +227,24 @@ def rewritten_problems(stack: Stack) -> list[str]:
         for ident in identities:
             pipe.get(f"{prefix}identity:{ident}")
         canonical = dict(zip(identities, (v.decode() if v else None for v in pipe.execute())))
+        sets = {}
+        for raw in client.scan_iter(match=f"{prefix}segment:*", count=1000):
+            scope, _, segment = raw.decode().removeprefix(f"{prefix}segment:").partition(":")
+            sets[(scope, segment)] = {m.decode() for m in client.smembers(raw)}
+        sizes = {(scope, k.decode()): int(v) for scope in {sc for sc, _ in members.keys() | sets.keys()}
+                 for k, v in client.hgetall(f"{prefix}segments:{scope}").items()}
     finally:
         client.close()
     problems = [f"journeys {k}: table {v}, Redis {in_redis.get(k)}" for k, v in totals.items()
                 if in_redis.get(k) is None or abs(in_redis[k] - round(v, 6)) > 1e-6]
     problems += [f"identity {k}: table {v}, Redis {canonical[k]}" for k, v in identities.items() if canonical[k] != v]
-    assert totals and identities, "nothing to compare: no journey totals or identities in the tables"
+    for where in sorted(members.keys() | sets.keys()):
+        want, got = members.get(where, set()), sets.get(where, set())
+        if want != got:
+            problems.append(f"segment set {where}: missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}")
+        if sizes.get(where, 0) != len(want):
+            problems.append(f"segment size {where}: table {len(want)}, Redis {sizes.get(where, 0)}")
+    assert totals and identities and members, "nothing to compare: no journey totals, identities or segments in the tables"
     return problems
 
 
@@ -406,7 +435,8 @@ def test_broker_frozen(stack, own_broker, intensity):
     assert stack.worker.proc.poll() is None, "the worker died while the broker was frozen"
 
 
-def test_redis_down_then_back_empty(stack, own_redis, intensity):
+def test_redis_down_then_back_empty(segmented_stack, own_redis, intensity):
+    stack = segmented_stack
     sent = dataset(intensity.customers, seed=24)
     feeder = Feeder(stack, [keyed(s, e) for s, e in sent], intensity.rate)
     figures = Figures(f"Redis down {intensity.outage_s:.0f} s, back empty", events=len(sent),
