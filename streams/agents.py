@@ -507,6 +507,10 @@ class Learner:
             s.segment_snapshot_every,
         )
 
+    def at(self, position: int) -> None:
+        """The next message of the learning topic is at ``position`` (exactly-once learning)."""
+        self.core.at(position)
+
     def learn(self, scope: str, x: dict, position: int | None = None) -> None:
         snapshot = self.core.learn(scope, x, position)
         if snapshot is not None:
@@ -553,8 +557,8 @@ async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> 
 
 
 async def learn_vector(learner: Learner, event: faust.EventT) -> None:
-    position = event.message.offset  # exactly-once learning (models.segmentation.SegmentLearner)
-    learner.core.at(position)
+    position = event.message.offset
+    learner.at(position)
     if event.value == SEED:
         learner.seed_small_scopes()
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import faust
@@ -34,8 +35,6 @@ from streams.app import Wiring
 from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 # KEYS[1] epoch token, KEYS[2] synced hash; ARGV[1] expected token, ARGV[2] field, ARGV[3] value.
 MARK_IF_SAME_EPOCH = """
@@ -131,12 +130,18 @@ class ServingView:
             return await self._journeys(int(partition))
         return await self._identity()
 
+    @staticmethod
+    async def _flush(flush: Callable[[], Awaitable[None]], failures: Callable[[], int], what: str,
+                     error: Callable[[], str | None] = lambda: None) -> None:
+        """Flush a sink; a failed flush aborts the rewrite (the sinks keep what they could not write)."""
+        before = failures()
+        await flush()
+        if failures() != before:
+            raise ResyncAborted(error() or f"a flush of {what} failed")
+
     async def _flush_profiles(self) -> None:
         sink = self.wiring.sink
-        failed = sink.stats.failed_flushes
-        await sink.flush()
-        if sink.stats.failed_flushes != failed:
-            raise ResyncAborted(sink.stats.last_error or "a flush of profiles failed")
+        await self._flush(sink.flush, lambda: sink.stats.failed_flushes, "profiles", lambda: sink.stats.last_error)
 
     async def _profiles(self, partition: int) -> int:
         wiring, sink = self.wiring, self.wiring.sink
@@ -179,15 +184,8 @@ class ServingView:
                 sink.stage_window("day", day, counter, value)
             for start, total in week_windows_of(days):
                 sink.stage_window("7d", start, counter, total)
-        await self._flush_journeys()
+        await self._flush(sink.flush, lambda: sink.failed_flushes, "the journey counters")
         return len(totals) + sum(len(days) for days in daily.values())
-
-    async def _flush_journeys(self) -> None:
-        sink = self.wiring.journey_sink
-        failed = sink.failed_flushes
-        await sink.flush()
-        if sink.failed_flushes != failed:
-            raise ResyncAborted("a flush of the journey counters failed")
 
     async def _identity(self) -> int:
         sink = self.wiring.identity_sink
@@ -206,9 +204,6 @@ class ServingView:
             if count % self.chunk == 0:
                 await asyncio.sleep(0)
         self.backlog = count
-        failed = sink.failed_flushes
-        await sink.flush()
-        if sink.failed_flushes != failed:
-            raise ResyncAborted("a flush of the identity graph failed")
+        await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
         return count
 

@@ -82,22 +82,24 @@ def own_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture()
-def stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
-    """A fresh worker (own topic prefix, group and Redis prefix) per scenario."""
-    s = make_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS="1")
+def scenario_stack(broker: Tansu, redis_server: RedisServer, tmp_path, **extra: str) -> Iterator[Stack]:
+    """A fresh worker (own topic prefix, group and Redis prefix), stopped after the scenario."""
+    s = make_stack(broker, redis_server, tmp_path, OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS="1", **extra)
     yield s
     s.worker.stop()
+
+
+@pytest.fixture()
+def stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
+    yield from scenario_stack(own_broker, own_redis, tmp_path)
 
 
 @pytest.fixture()
 def segmented_stack(own_broker, own_redis, tmp_path) -> Iterator[Stack]:
-    """As ``stack``, with segment models small enough to be seeded by this many customers, so the
-    Redis segment sets have members to lose and to rewrite."""
-    s = make_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS="1",
-                   OMNIPROFILE_SEGMENTS="3", OMNIPROFILE_SEGMENT_WARMUP="20", OMNIPROFILE_SEGMENT_SWEEP_SECONDS="2")
-    yield s
-    s.worker.stop()
+    """With segment models small enough to be seeded by this many customers, so the Redis segment
+    sets have members to lose and to rewrite."""
+    yield from scenario_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_SEGMENTS="3",
+                              OMNIPROFILE_SEGMENT_WARMUP="20", OMNIPROFILE_SEGMENT_SWEEP_SECONDS="2")
 
 
 # --- feeding ------------------------------------------------------------------------------------
@@ -204,12 +206,17 @@ def redis_profiles(stack: Stack, keys) -> dict[str, dict]:
         client.close()
 
 
-def rewritten_problems(stack: Stack) -> list[str]:
+def profiles_changelog(stack: Stack) -> dict[str, bytes | None]:
+    return last_by_key(stack, f"{stack.settings.app_id}-profiles-changelog")
+
+
+def rewritten_problems(stack: Stack, changelog: dict[str, bytes | None]) -> list[str]:
     """Journey totals, identity entries and segment sets in Redis against the worker's tables (their
-    changelogs): the parts of the serving view besides profiles that a rewrite must bring back."""
+    changelogs; the profiles' one as read for the same verdict): the parts of the serving view
+    besides profiles that a rewrite must bring back."""
     app_id, prefix = stack.settings.app_id, stack.settings.redis_key_prefix
     members: dict[tuple[str, str], set[str]] = {}
-    for key, value in last_by_key(stack, f"{app_id}-profiles-changelog").items():
+    for key, value in changelog.items():
         state = orjson.loads(value) if value is not None else {}
         if "merged_into" in state or not state.get("events"):
             continue
@@ -277,12 +284,13 @@ def table_problems(want: dict, state: dict) -> list[str]:
     return lines
 
 
-def judge(stack: Stack, sent: list[tuple[str, dict]]) -> Verdict:
-    """Compare the updates topic, the table changelog and Redis with the oracle."""
+def judge(stack: Stack, sent: list[tuple[str, dict]], changelog: dict[str, bytes | None] | None = None) -> Verdict:
+    """Compare the updates topic, the table changelog (read here unless given) and Redis with the oracle."""
     expected = expected_profiles(sent)
     verdict = Verdict()
     updates = {k: orjson.loads(v) for k, v in last_by_key(stack, stack.names.updates).items() if v is not None}
-    changelog = last_by_key(stack, f"{stack.settings.app_id}-profiles-changelog")
+    if changelog is None:
+        changelog = profiles_changelog(stack)
     tables = {k: orjson.loads(v) for k, v in changelog.items() if v is not None}
     tables = {k: v for k, v in tables.items() if "merged_into" not in v}  # forwarding stubs of merged keys
     in_redis = redis_profiles(stack, set(expected) | set(updates))
@@ -461,8 +469,9 @@ def test_redis_down_then_back_empty(segmented_stack, own_redis, intensity):
     # Redis converges to the table state: poll until the serving view equals the updates.
     deadline = time.monotonic() + 120
     while True:
-        verdict = judge(stack, sent)
-        for line in rewritten_problems(stack):
+        changelog = profiles_changelog(stack)
+        verdict = judge(stack, sent, changelog)
+        for line in rewritten_problems(stack, changelog):
             verdict.add("redis", "(journeys, identity)", [line])
         if not verdict.problems or time.monotonic() > deadline:
             break
