@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from streams.metrics import WorkerStats
+from streams.redelivery import RedeliveryGuard, guard_redelivery
 from streams.settings import Settings
 from streams.sinks import RedisIdentitySink, RedisJourneySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
@@ -150,10 +151,21 @@ def use_fetch_wait(ms: int) -> None:
     cls._create_worker_consumer = create_worker_consumer
 
 
+class OmniApp(faust.App):
+    """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery)."""
+
+    redelivery: RedeliveryGuard | None = None
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        self.redelivery = guard_redelivery(consumer, self.topics.acks_enabled_for)
+        return consumer
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the omniprofile Faust app (topics, table, agents, timers); no I/O here."""
     use_fetch_wait(settings.kafka_fetch_max_wait_ms)
-    app = faust.App(
+    app = OmniApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
         broker_credentials=kafka_credentials(settings),

@@ -1,0 +1,117 @@
+"""Make faust-streaming's consumer re-deliver what its streams skipped.
+
+faust-streaming 0.15.3 loses input around a rebalance when the worker is slow (found under CPU
+starvation; docs/reliability.md, "The silent skip"). Two of its consumer's habits combine:
+
+* A stream skips, without acking, every message that was fetched in an earlier consumer
+  generation or while flow was stopped; the fix it relies on is the seek back to the committed
+  offsets at the end of the rebalance, which fetches them again.
+* The fetch loop drops any fetched message whose offset is below the partition's *read offset*,
+  as a copy it already handed on. The seek resets the read offset, but the fetch loop can still be
+  part-way through a batch fetched before the seek, and each message of that batch sets the read
+  offset forward again. The copies fetched after the seek are then dropped as already read,
+  although the stream skipped the originals: those events are never processed, never
+  dead-lettered, and nothing is logged above the debug level.
+
+And its commit moves past a hole of one offset (meant for the control record a transactional
+producer leaves) without asking whether that offset was a message that was fetched but never
+processed; with no committed offset yet (offset 0) it checks for no hole at all.
+
+:func:`guard_redelivery` installs two small changes on a consumer before it starts:
+
+1. The read offset of an acked (input) topic always reads as unknown, so the fetch loop hands
+   every fetched copy to the streams. A message re-fetched after a seek that had been processed
+   already is processed again; the pipeline is idempotent (event ids), so this costs time only
+   after a seek, i.e. after a rebalance.
+2. The consumer remembers which offsets it fetched since the last commit, and a commit is held
+   while one of them below the lowest processed offset is still unprocessed
+   (:func:`first_unprocessed`); the seek of the next rebalance fetches it again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+
+def first_unprocessed(fetched: Collection[int], acked: Collection[int], committed: int | None) -> int | None:
+    """The lowest fetched offset a commit would pass over without it being processed, or None.
+
+    A commit goes up to the first run of consecutive processed (acked) offsets; every offset
+    between the committed one and the lowest acked one is passed over. That is right for offsets
+    that never held a message, wrong for one that was fetched and skipped.
+
+    >>> first_unprocessed({10, 11, 12}, acked=[11, 12], committed=10)
+    10
+    >>> first_unprocessed({11, 12}, acked=[11, 12], committed=10) is None  # 10: no message
+    True
+    >>> first_unprocessed({0, 1, 2}, acked=[1, 2], committed=None)  # nothing committed yet
+    0
+    >>> first_unprocessed({10, 11}, acked=[10, 11], committed=10) is None
+    True
+    """
+    if not acked or not fetched:
+        return None
+    lowest_acked = min(acked)
+    floor = committed if committed is not None else min(fetched)
+    passed = [offset for offset in fetched if floor <= offset < lowest_acked]
+    return min(passed) if passed else None
+
+
+class _UnknownForAcked(defaultdict):
+    """Faust's per-partition read offsets, reading as unknown (None) for acked topics."""
+
+    def __init__(self, acks_enabled_for: Callable[[str], bool], *args: Any) -> None:
+        super().__init__(lambda: None, *args)
+        self._acks_enabled_for = acks_enabled_for
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if self._acks_enabled_for(tp.topic):
+            return None
+        return super().__getitem__(tp)
+
+
+@dataclass
+class RedeliveryGuard:
+    """What the guard did, for /metrics: commits held for a fetched but unprocessed offset."""
+
+    commits_held: int = 0
+
+
+def guard_redelivery(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> RedeliveryGuard:
+    """Install the two changes described in the module docstring on a not yet started consumer.
+
+    ``consumer`` is a ``faust.transport.consumer.Consumer``; ``acks_enabled_for`` tells the input
+    topics (acked) from the changelogs (not acked). Returns the guard's counters.
+    """
+    guard = RedeliveryGuard()
+    consumer._read_offset = _UnknownForAcked(acks_enabled_for, consumer._read_offset)
+    fetched: defaultdict[Any, set[int]] = defaultdict(set)
+    deliver = consumer.callback
+
+    def remember_and_deliver(message: Any) -> Any:
+        if acks_enabled_for(message.topic):
+            fetched[message.tp].add(message.offset)
+        return deliver(message)
+
+    new_offset = consumer._new_offset
+
+    def checked_new_offset(tp: Any) -> int | None:
+        seen = fetched.get(tp)
+        committed = consumer._committed_offset.get(tp)
+        if seen:
+            if committed is not None:  # committed elsewhere (another worker had the partition)
+                seen.difference_update([o for o in seen if o < committed])
+            if first_unprocessed(seen, consumer._acked.get(tp, ()), committed) is not None:
+                guard.commits_held += 1
+                return None
+        offset = new_offset(tp)
+        if offset is not None and seen:
+            seen.difference_update([o for o in seen if o < offset])
+        return offset
+
+    consumer.callback = remember_and_deliver
+    consumer._new_offset = checked_new_offset
+    return guard

@@ -1,0 +1,135 @@
+"""The redelivery guard on faust-streaming's own commit arithmetic (streams.redelivery).
+
+The consumer here is a plain object carrying the attributes faust's ``Consumer._new_offset``
+reads; the method itself is faust's, so these tests show what faust 0.15.3 commits with and
+without the guard. The end-to-end proof (a restarted worker under CPU starvation loses nothing)
+is the fault suite's; see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import MethodType, SimpleNamespace
+
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+from streams.redelivery import first_unprocessed, guard_redelivery
+
+INPUT = TP("omniprofile.events.web", 0)
+CHANGELOG = TP("omniprofile-profiles-changelog", 0)
+
+
+def fake_consumer(delivered: list) -> SimpleNamespace:
+    consumer = SimpleNamespace(
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _gap=defaultdict(lambda: None),
+        _committed_offset=defaultdict(lambda: None),
+        _read_offset=defaultdict(lambda: None),
+        callback=lambda message: delivered.append(message.offset),
+    )
+    consumer._new_offset = MethodType(Consumer._new_offset, consumer)
+    return consumer
+
+
+def fetch(consumer: SimpleNamespace, tp: TP, *offsets: int) -> None:
+    for offset in offsets:
+        consumer.callback(SimpleNamespace(topic=tp.topic, tp=tp, offset=offset))
+
+
+def ack(consumer: SimpleNamespace, tp: TP, *offsets: int) -> None:
+    for offset in offsets:
+        consumer._acked[tp].append(offset)
+        consumer._acked_index[tp].add(offset)
+
+
+def acked_topics(topic: str) -> bool:
+    return topic != CHANGELOG.topic
+
+
+def test_faust_alone_commits_past_one_skipped_offset() -> None:
+    """The behaviour the guard exists for: offset 10 was fetched, skipped, never processed."""
+    consumer = fake_consumer([])
+    consumer._committed_offset[INPUT] = 10
+    fetch(consumer, INPUT, 10, 11, 12)
+    ack(consumer, INPUT, 11, 12)
+    assert consumer._new_offset(INPUT) == 13
+
+
+def test_guard_holds_the_commit_until_the_skipped_offset_is_processed() -> None:
+    consumer = fake_consumer([])
+    guard = guard_redelivery(consumer, acked_topics)
+    consumer._committed_offset[INPUT] = 10
+    fetch(consumer, INPUT, 10, 11, 12)
+    ack(consumer, INPUT, 11, 12)
+    assert consumer._new_offset(INPUT) is None
+    assert guard.commits_held == 1
+    # the seek after the rebalance fetches 10 again; once processed the commit moves on
+    fetch(consumer, INPUT, 10)
+    ack(consumer, INPUT, 10)
+    assert consumer._new_offset(INPUT) == 13
+    assert guard.commits_held == 1
+
+
+def test_guard_passes_offsets_that_held_no_message() -> None:
+    """A transactional producer's control record takes an offset that is never fetched."""
+    consumer = fake_consumer([])
+    guard_redelivery(consumer, acked_topics)
+    consumer._committed_offset[INPUT] = 10
+    fetch(consumer, INPUT, 11, 12)
+    ack(consumer, INPUT, 11, 12)
+    assert consumer._new_offset(INPUT) == 13
+
+
+def test_guard_holds_at_offset_zero_where_faust_checks_nothing() -> None:
+    consumer = fake_consumer([])
+    fetch(consumer, INPUT, 0, 1, 2, 3)
+    ack(consumer, INPUT, 2, 3)
+    assert consumer._new_offset(INPUT) == 4  # faust: 0 and 1 passed over
+    consumer = fake_consumer([])
+    guard_redelivery(consumer, acked_topics)
+    fetch(consumer, INPUT, 0, 1, 2, 3)
+    ack(consumer, INPUT, 2, 3)
+    assert consumer._new_offset(INPUT) is None
+
+
+def test_fetched_offsets_are_forgotten_once_committed() -> None:
+    consumer = fake_consumer([])
+    guard_redelivery(consumer, acked_topics)
+    fetch(consumer, INPUT, *range(100))
+    ack(consumer, INPUT, *range(100))
+    assert consumer._new_offset(INPUT) == 100
+    consumer._committed_offset[INPUT] = 100
+    # a later hole is judged on its own: 100 never fetched (no message), 101 processed
+    fetch(consumer, INPUT, 101)
+    ack(consumer, INPUT, 101)
+    assert consumer._new_offset(INPUT) == 102
+
+
+def test_read_offsets_of_input_topics_read_as_unknown() -> None:
+    """The fetch loop drops a message below the read offset; for input topics it never can."""
+    delivered: list = []
+    consumer = fake_consumer(delivered)
+    guard_redelivery(consumer, acked_topics)
+    consumer._read_offset[INPUT] = 500
+    consumer._read_offset[CHANGELOG] = 500
+    assert consumer._read_offset[INPUT] is None
+    assert consumer._read_offset[CHANGELOG] == 500
+    fetch(consumer, INPUT, 7)
+    assert delivered == [7]
+
+
+def test_first_unprocessed_matches_a_scan_of_the_passed_range() -> None:
+    fetched = {3, 5, 6, 9, 12}
+    for committed in (None, 0, 3, 4, 6, 10):
+        for acked in ([], [5], [6, 7], [9, 12], [13]):
+            floor = min(fetched) if committed is None else committed
+            lowest = min(acked) if acked else None
+            expected = None
+            if lowest is not None:
+                for offset in range(floor, lowest):
+                    if offset in fetched:
+                        expected = offset
+                        break
+            assert first_unprocessed(fetched, acked, committed) == expected, (committed, acked)
