@@ -718,7 +718,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         await wiring.identity_sink.flush()
 
     serving = ServingView(app, wiring)
-    metrics = WorkerMetrics(app, wiring, serving)
+    metrics = WorkerMetrics(app, wiring, serving, learner)
     server = MetricsServer(metrics, settings.web_host, settings.web_port)
 
     if settings.web_port:

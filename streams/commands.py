@@ -186,6 +186,24 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def interrupt_on_signals() -> list[int]:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt, so the caller's ``finally`` stops the
+    broker, Redis and workers it started (they run in sessions of their own and would outlive it).
+
+    Returns the list the signals received are appended to: library code may turn the
+    KeyboardInterrupt into another error, and the list says what really happened.
+    """
+    interrupted: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return interrupted
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on a bare machine: broker, Redis, worker, events, summary, then stop."""
     from models.synthetic import PERSONAS, generate
@@ -199,16 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="omniprofile-demo-"))
     broker = redis = worker = None
-    interrupted = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        # Ctrl-C and SIGTERM end the demo through the finally below. Library code may turn the
-        # KeyboardInterrupt into another error; the flag says what really happened.
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    interrupted = interrupt_on_signals()
     try:
         say("starting the embedded Kafka-protocol broker (Tansu) ...")
         broker = Tansu().start()

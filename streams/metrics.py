@@ -70,10 +70,11 @@ def judge_health(*, started: bool, recovering: bool, rebalancing: bool, input_la
 class WorkerMetrics:
     """Reads a running worker's figures; serves them as JSON (health) and Prometheus text."""
 
-    def __init__(self, app: Any, wiring: Any, serving: Any) -> None:
+    def __init__(self, app: Any, wiring: Any, serving: Any, learner: Any = None) -> None:
         self.app = app
         self.wiring = wiring
         self.serving = serving
+        self.learner = learner
         self.lag: dict[tuple[str, int], int] = {}
         self.last_received = 0
         self.last_progress = time.monotonic()
@@ -191,6 +192,14 @@ class WorkerMetrics:
                                 value=len(self.app.assignor.assigned_actives()))
         yield GaugeMetricFamily("omniprofile_seconds_since_input", "Seconds since a message was last read",
                                 value=time.monotonic() - self.last_progress)
+        guard = getattr(self.app, "redelivery", None)
+        yield CounterMetricFamily("omniprofile_commits_held", "Offset commits held back because a fetched input "
+                                  "message was not processed yet; a rebalance fetches it again (streams.redelivery)",
+                                  value=guard.commits_held if guard is not None else 0)
+        core = getattr(self.learner, "core", None)
+        yield CounterMetricFamily("omniprofile_segment_replays_skipped", "Learning messages re-read after a restart "
+                                  "or rebalance and not learned twice (this worker's learner)",
+                                  value=core.replays_skipped if core is not None else 0)
         yield GaugeMetricFamily("omniprofile_up", "1 when /health answers 200 (not stalled)",
                                 value=1 if self.health().http_status == 200 else 0)
 

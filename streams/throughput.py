@@ -427,10 +427,11 @@ DEFAULT_CONTENDERS = ("raw", "naive", "single", "latency", "batched")
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from models.synthetic import generate
     from streams.admin import ensure_topics
-    from streams.commands import default_start, publish_dataset
+    from streams.commands import default_start, interrupt_on_signals, publish_dataset
     from streams.local import RedisServer, Tansu
     from streams.settings import load_settings
 
+    interrupt_on_signals()  # a SIGTERM, too, stops the broker, Redis and workers started below
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     dataset = generate(max(50, args.events // 11), seed=args.seed, start=default_start(28), days=28)
     dataset = type(dataset)(dataset.customers, dataset.events[: args.events], ())

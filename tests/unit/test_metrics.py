@@ -10,6 +10,7 @@ from faust.types import TP
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.metrics import WorkerMetrics, WorkerStats, judge_health
+from streams.redelivery import RedeliveryGuard
 from streams.status import format_status
 from streams.topics import TopicNames
 
@@ -55,6 +56,7 @@ def fake_worker(lag_committed: dict, ends: dict):
         assignor=SimpleNamespace(assigned_actives=lambda: set(tps.values())),
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=FakeEvent())),
         rebalancing=False, in_recovery=False, rebalancing_count=3, started=True,
+        redelivery=RedeliveryGuard(commits_held=4),
     )
     sink = SimpleNamespace(pending=2, stats=SimpleNamespace(failed_flushes=1))
     other = SimpleNamespace(pending=0, failed_flushes=0)
@@ -63,7 +65,8 @@ def fake_worker(lag_committed: dict, ends: dict):
                                                dead_letters=Counter({"invalid_json": 1})),
                              settings=SimpleNamespace(stall_seconds=60))
     serving = SimpleNamespace(backlog=5, rewritten=2)
-    return WorkerMetrics(app, wiring, serving)
+    learner = SimpleNamespace(core=SimpleNamespace(replays_skipped=6))
+    return WorkerMetrics(app, wiring, serving, learner)
 
 
 def scrape(metrics: WorkerMetrics) -> dict:
@@ -89,6 +92,8 @@ def test_collector_reports_lag_from_end_minus_committed():
     assert ({"sink": "profiles"}, 1.0) in m["omniprofile_redis_errors_total"]
     assert m["omniprofile_redis_resync_backlog"] == [({}, 5.0)]
     assert m["omniprofile_rebalances_total"] == [({}, 3.0)]
+    assert m["omniprofile_commits_held_total"] == [({}, 4.0)]
+    assert m["omniprofile_segment_replays_skipped_total"] == [({}, 6.0)]
     doc = metrics.health_document()
     assert doc["status"] == "ok" and doc["input_lag"] == 13 and doc["redis_pending"] == 2
 
