@@ -145,6 +145,7 @@ class OutputFollower:
         self.dead_letters: list[dict[str, Any]] = []
         self.tombstones: set[str] = set()  # keys whose latest record is a tombstone
         self.updates_seen = 0
+        self.last_update_ms = 0  # the latest timestamp (set by the worker's producer) of an update read
         self._consumer = KafkaConsumer(
             **client_options(settings),
             auto_offset_reset="earliest",
@@ -169,6 +170,7 @@ class OutputFollower:
                 count += 1
                 if tp.topic == self.updates_topic:
                     self.updates_seen += 1
+                    self.last_update_ms = max(self.last_update_ms, record.timestamp)
                     key = record.key.decode()
                     if record.value is None:  # merged into another profile, or erased
                         self.latest.pop(key, None)

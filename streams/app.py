@@ -158,7 +158,7 @@ class OmniApp(faust.App):
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        self.redelivery = guard_redelivery(consumer, self.topics.acks_enabled_for)
+        self.redelivery = guard_redelivery(consumer, self.topics.acks_enabled_for, self.flow_control)
         return consumer
 
 

@@ -196,6 +196,9 @@ class WorkerMetrics:
         yield CounterMetricFamily("omniprofile_commits_held", "Offset commits held back because a fetched input "
                                   "message was not processed yet; a rebalance fetches it again (streams.redelivery)",
                                   value=guard.commits_held if guard is not None else 0)
+        yield CounterMetricFamily("omniprofile_reseeks", "Input partitions sought back to messages that resuming flow "
+                                  "control threw away unprocessed (streams.redelivery)",
+                                  value=guard.reseeks if guard is not None else 0)
         core = getattr(self.learner, "core", None)
         yield CounterMetricFamily("omniprofile_segment_replays_skipped", "Learning messages re-read after a restart "
                                   "or rebalance and not learned twice (this worker's learner)",

@@ -17,7 +17,7 @@ And its commit moves past a hole of one offset (meant for the control record a t
 producer leaves) without asking whether that offset was a message that was fetched but never
 processed; with no committed offset yet (offset 0) it checks for no hole at all.
 
-:func:`guard_redelivery` installs two small changes on a consumer before it starts:
+:func:`guard_redelivery` installs three small changes on a consumer before it starts:
 
 1. The read offset of an acked (input) topic always reads as unknown, so the fetch loop hands
    every fetched copy to the streams. A message re-fetched after a seek that had been processed
@@ -25,15 +25,26 @@ processed; with no committed offset yet (offset 0) it checks for no hole at all.
    after a seek, i.e. after a rebalance.
 2. The consumer remembers which offsets it fetched since the last commit, and a commit is held
    while one of them below the lowest processed offset is still unprocessed
-   (:func:`first_unprocessed`); the seek of the next rebalance fetches it again.
+   (:func:`first_unprocessed`).
+3. Resuming flow control empties the streams' queues (every queue faust creates with
+   ``clear_on_resume``), and recovery resumes it only *after* its seek back to the committed
+   offsets, while the fetcher already runs: the messages fetched during the seek are thrown away
+   unprocessed and nothing fetches them again, so the worker goes on past them (found by the
+   poison scenario: a few input messages of one partition never validated, commits held by 2.,
+   the worker idle). The guard notes the lowest input offset per partition in the queues it
+   empties and seeks those partitions back to it (:func:`lowest_offsets`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def first_unprocessed(fetched: Collection[int], acked: Collection[int], committed: int | None) -> int | None:
@@ -73,20 +84,47 @@ class _UnknownForAcked(defaultdict):
         return super().__getitem__(tp)
 
 
+def lowest_offsets(items: Iterable[Any], acks_enabled_for: Callable[[str], bool]) -> dict[Any, int]:
+    """The lowest offset per partition among queued events of acked topics (others are ignored:
+    values sent to a channel carry no message, changelogs are not acked).
+
+    >>> from types import SimpleNamespace as NS
+    >>> event = lambda topic, offset: NS(message=NS(topic=topic, tp=(topic, 0), offset=offset))
+    >>> lowest_offsets([event("in", 7), event("in", 5), event("log", 1), "a value"], lambda t: t == "in")
+    {('in', 0): 5}
+    """
+    lowest: dict[Any, int] = {}
+    for item in items:
+        message = getattr(item, "message", None)
+        if message is None or not acks_enabled_for(message.topic):
+            continue
+        if message.tp not in lowest or message.offset < lowest[message.tp]:
+            lowest[message.tp] = message.offset
+    return lowest
+
+
 @dataclass
 class RedeliveryGuard:
-    """What the guard did, for /metrics: commits held for a fetched but unprocessed offset."""
+    """What the guard did, for /metrics: commits held for a fetched but unprocessed offset, and
+    partitions sought back to messages that resuming flow control threw away."""
 
     commits_held: int = 0
+    reseeks: int = 0
 
 
-def guard_redelivery(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> RedeliveryGuard:
-    """Install the two changes described in the module docstring on a not yet started consumer.
+def guard_redelivery(
+    consumer: Any, acks_enabled_for: Callable[[str], bool], flow_control: Any | None = None
+) -> RedeliveryGuard:
+    """Install the changes described in the module docstring on a not yet started consumer.
 
     ``consumer`` is a ``faust.transport.consumer.Consumer``; ``acks_enabled_for`` tells the input
-    topics (acked) from the changelogs (not acked). Returns the guard's counters.
+    topics (acked) from the changelogs (not acked); ``flow_control`` is the app's
+    ``mode.utils.queues.FlowControlEvent`` (change 3; without it, only 1 and 2). Returns the
+    guard's counters.
     """
     guard = RedeliveryGuard()
+    if flow_control is not None:
+        reseek_what_resume_clears(consumer, acks_enabled_for, flow_control, guard)
     consumer._read_offset = _UnknownForAcked(acks_enabled_for, consumer._read_offset)
     fetched: defaultdict[Any, set[int]] = defaultdict(set)
     deliver = consumer.callback
@@ -115,3 +153,33 @@ def guard_redelivery(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> 
     consumer.callback = remember_and_deliver
     consumer._new_offset = checked_new_offset
     return guard
+
+
+def reseek_what_resume_clears(
+    consumer: Any, acks_enabled_for: Callable[[str], bool], flow_control: Any, guard: RedeliveryGuard
+) -> None:
+    """Change 3: before flow control empties the queues, note the lowest queued input offset per
+    partition; afterwards seek each partition still assigned back to it."""
+    clear = flow_control.clear
+
+    def clear_and_reseek() -> None:
+        queued = [item for queue in list(flow_control._queues) for item in list(getattr(queue, "_queue", ()))]
+        lowest = lowest_offsets(queued, acks_enabled_for)
+        clear()
+        if not lowest:
+            return
+        assigned = consumer.assignment()
+        for tp, offset in sorted(lowest.items()):
+            if tp in assigned:
+                guard.reseeks += 1
+                log.info("Flow control dropped queued messages from %s[%d]@%d on: fetching them again",
+                         tp.topic, tp.partition, offset)
+                task = asyncio.ensure_future(consumer.seek(tp, offset))
+                task.add_done_callback(_log_failure)
+
+    flow_control.clear = clear_and_reseek
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Seeking back to dropped messages failed: %r", task.exception())

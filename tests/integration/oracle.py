@@ -162,5 +162,5 @@ def compare(expected: dict[str, Any], profile: dict[str, Any]) -> list[str]:
         for name, want in expected["email"].items():
             check(f"email.{name}", want, profile["summary"].get("email", {}).get(name))
     if "store_visits" in expected:
-        check("offline.store_visits", expected["store_visits"], profile["summary"]["offline"]["store_visits"])
+        check("offline.store_visits", expected["store_visits"], profile["summary"].get("offline", {}).get("store_visits"))
     return problems

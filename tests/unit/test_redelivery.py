@@ -2,19 +2,21 @@
 
 The consumer here is a plain object carrying the attributes faust's ``Consumer._new_offset``
 reads; the method itself is faust's, so these tests show what faust 0.15.3 commits with and
-without the guard. The end-to-end proof (a restarted worker under CPU starvation loses nothing)
+without the guard; change 3 runs on mode's own flow control and queues. The end-to-end proof (a restarted worker under CPU starvation loses nothing)
 is the fault suite's; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import MethodType, SimpleNamespace
 
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams.redelivery import first_unprocessed, guard_redelivery
+from streams.redelivery import RedeliveryGuard, first_unprocessed, guard_redelivery
 
 INPUT = TP("omniprofile.events.web", 0)
 CHANGELOG = TP("omniprofile-profiles-changelog", 0)
@@ -133,3 +135,57 @@ def test_first_unprocessed_matches_a_scan_of_the_passed_range() -> None:
                         expected = offset
                         break
             assert first_unprocessed(fetched, acked, committed) == expected, (committed, acked)
+
+
+def seeking_consumer(assigned: set) -> SimpleNamespace:
+    """A fake consumer that also has the two things change 3 asks of faust's: its assignment, and
+    seek (recorded in ``sought``)."""
+    consumer = fake_consumer([])
+    consumer.sought = []
+    consumer.assignment = lambda: assigned
+
+    async def seek(tp: TP, offset: int) -> None:
+        consumer.sought.append((tp, offset))
+
+    consumer.seek = seek
+    return consumer
+
+
+def queued_event(tp: TP, offset: int) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(topic=tp.topic, tp=tp, offset=offset))
+
+
+def test_messages_that_resuming_flow_throws_away_are_fetched_again() -> None:
+    """Faust's recovery resumes flow control after its seek; resuming empties every stream queue."""
+    other = TP("omniprofile.events.app", 3)  # queued too, but no longer assigned to this worker
+
+    async def scenario() -> tuple[SimpleNamespace, RedeliveryGuard, list]:
+        flow = FlowControlEvent(initially_suspended=False)
+        queue = ThrowableQueue(maxsize=100, flow_control=flow, clear_on_resume=True)
+        for item in (queued_event(INPUT, 8), queued_event(INPUT, 6), queued_event(CHANGELOG, 2),
+                     queued_event(other, 40), "a value sent to a channel"):
+            queue.put_nowait(item)
+        consumer = seeking_consumer({INPUT, CHANGELOG})
+        guard = guard_redelivery(consumer, acked_topics, flow)
+        flow.resume()
+        await asyncio.sleep(0)
+        return consumer, guard, list(queue._queue)
+
+    consumer, guard, left = asyncio.run(scenario())
+    assert left == []  # faust's behaviour, kept
+    assert consumer.sought == [(INPUT, 6)]
+    assert guard.reseeks == 1
+
+
+def test_resuming_with_empty_queues_seeks_nothing() -> None:
+    async def scenario() -> SimpleNamespace:
+        flow = FlowControlEvent(initially_suspended=True)
+        queue = ThrowableQueue(maxsize=10, flow_control=flow, clear_on_resume=True)
+        consumer = seeking_consumer({INPUT})
+        guard_redelivery(consumer, acked_topics, flow)
+        flow.resume()
+        await asyncio.sleep(0)
+        assert queue.empty()
+        return consumer
+
+    assert asyncio.run(scenario()).sought == []
