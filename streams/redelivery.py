@@ -1,17 +1,17 @@
-"""Make faust-streaming's consumer re-deliver what its streams skipped.
+"""Make faust-streaming's consumer re-deliver what its streams never processed.
 
-faust-streaming 0.15.3 loses input around a rebalance when the worker is slow (found under CPU
-starvation; docs/reliability.md, "The silent skip"). Two of its consumer's habits combine:
+faust-streaming 0.15.3 loses input around a restart or rebalance (found under CPU starvation and in
+the fault suite's poison scenario; docs/reliability.md, "The silent skip"). At the end of recovery
+it resumes the stream partitions and seeks them back to the committed offsets while its fetcher
+already runs, and then:
 
-* A stream skips, without acking, every message that was fetched in an earlier consumer
-  generation or while flow was stopped; the fix it relies on is the seek back to the committed
-  offsets at the end of the rebalance, which fetches them again.
 * The fetch loop drops any fetched message whose offset is below the partition's *read offset*,
   as a copy it already handed on. The seek resets the read offset, but the fetch loop can still be
   part-way through a batch fetched before the seek, and each message of that batch sets the read
-  offset forward again. The copies fetched after the seek are then dropped as already read,
-  although the stream skipped the originals: those events are never processed, never
-  dead-lettered, and nothing is logged above the debug level.
+  offset forward again, so copies fetched after the seek can be dropped as already read.
+* It resumes flow control after the seek, and resuming empties the stream queues: what was
+  fetched during the seek is thrown away unprocessed, and nothing fetches it again. Those events
+  are never processed, never dead-lettered, and nothing is logged above the debug level.
 
 And its commit moves past a hole of one offset (meant for the control record a transactional
 producer leaves) without asking whether that offset was a message that was fetched but never
@@ -26,13 +26,12 @@ processed; with no committed offset yet (offset 0) it checks for no hole at all.
 2. The consumer remembers which offsets it fetched since the last commit, and a commit is held
    while one of them below the lowest processed offset is still unprocessed
    (:func:`first_unprocessed`).
-3. Resuming flow control empties the streams' queues (every queue faust creates with
-   ``clear_on_resume``), and recovery resumes it only *after* its seek back to the committed
-   offsets, while the fetcher already runs: the messages fetched during the seek are thrown away
-   unprocessed and nothing fetches them again, so the worker goes on past them (found by the
-   poison scenario: a few input messages of one partition never validated, commits held by 2.,
-   the worker idle). The guard notes the lowest input offset per partition in the queues it
-   empties and seeks those partitions back to it (:func:`lowest_offsets`).
+3. Before flow control empties the queues (every queue faust creates with ``clear_on_resume``;
+   found by the poison scenario: a few input messages never validated, commits held by 2., the
+   worker idle), the guard notes the lowest input offset per partition in the queues it
+   empties and seeks those partitions back to it (:func:`lowest_offsets`). Faust also empties the
+   queues when partitions are revoked; a partition sought back then is sought again to its
+   committed offset by the next recovery, so that seek is harmless.
 """
 
 from __future__ import annotations
