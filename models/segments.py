@@ -47,6 +47,7 @@ True
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -123,6 +124,7 @@ class SegmentModel:
         self._seeded = False
         self._provisional = False
         self._matrix: np.ndarray | None = None
+        self._scoring: tuple[list[list[float]], list[float], list[float]] | None = None  # see predict_one
         self._anchor: tuple[np.ndarray, np.ndarray] | None = None  # (means, stds) of the centroids' space
         self._anchored_at = 0  # n_learned when the anchor was set
 
@@ -157,6 +159,7 @@ class SegmentModel:
         z = (np.asarray(values) - means) / stds
         self.kmeans.learn_one(dict(zip(self.features, z.tolist())))
         self._matrix = None
+        self._scoring = None
 
     def seed_early(self) -> bool:
         """Seed provisionally from the vectors buffered so far; False if there is nothing to do.
@@ -192,6 +195,7 @@ class SegmentModel:
         self._seeded = True
         self.version += 1
         self._matrix = None
+        self._scoring = None
 
     def _reanchor(self) -> None:
         """Re-express the centroids in the scaler's current standardised space (same raw position)."""
@@ -205,6 +209,7 @@ class SegmentModel:
         self._anchor = (means, stds)
         self._anchored_at = self.n_learned
         self._matrix = None
+        self._scoring = None
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -235,7 +240,23 @@ class SegmentModel:
         return [int(k) for k in np.argmin(d2, axis=1)]
 
     def predict_one(self, x: Mapping[str, float]) -> int | None:
-        return self.predict_many([x])[0]
+        """The segment of one feature vector: the nearest centroid, the first on a tie.
+
+        The profile agent scores one vector at a time, where numpy's per-call overhead on a
+        1 x k x features array costs more than the arithmetic: ``math.dist`` on plain floats
+        here (``omniprofile bench segments`` prints both costs). Its distances are rounded differently from :meth:`predict_many`'s, so the two can differ only for a
+        vector equidistant, to the last bits, from two centroids.
+        """
+        if not self._seeded:
+            return None
+        if self._scoring is None:
+            assert self._anchor is not None
+            means, stds = self._anchor
+            self._scoring = (self.centroids().tolist(), means.tolist(), stds.tolist())
+        rows, means_, stds_ = self._scoring
+        z = [(float(x.get(f, 0.0)) - m) / s for f, m, s in zip(self.features, means_, stds_)]
+        distances = [math.dist(z, row) for row in rows]
+        return distances.index(min(distances))
 
     # --- snapshots ---------------------------------------------------------------------------
 

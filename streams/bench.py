@@ -512,8 +512,9 @@ def compare_algorithms(
 # --- the benchmark ----------------------------------------------------------------------------------------
 
 
-def predict_cost(cache: Any, data: ScopeData) -> float | None:
-    """Microseconds per profile of scoring one feature vector (``predict_one``), scope ``all``."""
+def predict_cost(cache: Any, data: ScopeData) -> tuple[float, float] | None:
+    """Microseconds per profile of scoring one feature vector, scope ``all``: ``predict_one``
+    (what the profile agent calls) and, as the baseline, numpy's ``predict_many`` of one row."""
     model = cache.models_for(["all"]).get("all")
     if model is None or not model.ready or not data.features:
         return None
@@ -521,7 +522,11 @@ def predict_cost(cache: Any, data: ScopeData) -> float | None:
     t0 = clock()
     for x in data.features:
         model.predict_one(x)
-    return 1e6 * (clock() - t0) / len(data.features)
+    t1 = clock()
+    for x in data.features:
+        model.predict_many([x])
+    t2 = clock()
+    return 1e6 * (t1 - t0) / len(data.features), 1e6 * (t2 - t1) / len(data.features)
 
 
 def run_segments_bench(
@@ -549,6 +554,7 @@ def run_segments_bench(
     status(f"swept {len(run.profiles):,} profiles in {run.sweep_seconds:.1f} s; scoring the results ...")
 
     everything = scope_data(run, truth, "all")
+    predict = predict_cost(run.cache, everything)
     quality = []
     row, batch_labels = quality_row(everything, k)
     learner_model = run.learner.models.get("all")
@@ -578,7 +584,8 @@ def run_segments_bench(
             "learner": round(1e6 * run.learner.seconds / n, 2),
         },
         "decode_us_per_event": round(1e6 * decode_seconds / n, 2),
-        "predict_us_per_profile": _round(predict_cost(run.cache, everything), 2),
+        "predict_us_per_profile": _round(predict[0], 2) if predict else None,
+        "predict_many_one_row_us": _round(predict[1], 2) if predict else None,
         "learner_vectors_per_s": round(learned / run.learner.seconds) if run.learner.seconds else None,
         "vectors_learned": vectors,
         "snapshots": run.learner.n_snapshots,
@@ -691,7 +698,8 @@ def render(result: dict[str, Any]) -> str:
             f"(with segments / alone = {cost['ratio']:.2f}) ==",
         ),
         "",
-        f"scoring (predict_one, scope all): {cost['predict_us_per_profile']:.1f} µs/profile; learner: "
+        f"scoring (predict_one, scope all): {cost['predict_us_per_profile']:.1f} µs/profile "
+        f"(numpy predict_many of one row: {cost['predict_many_one_row_us']:.1f}); learner: "
         f"{cost['learner_vectors_per_s']:,} vectors/s ("
         + ", ".join(f"{scope} {n:,}" for scope, n in cost["vectors_learned"].items())
         + f"), {cost['snapshots']:,} snapshots",

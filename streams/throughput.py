@@ -296,7 +296,7 @@ async def drive_latency(bootstrap: str, names: TopicNames, rates: list[float], s
     # The fetch wait bounds what the measuring consumer adds: Tansu answers a fetch only when its
     # wait is over, Apache Kafka as soon as data arrives.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=5, auto_offset_reset="latest")
+                                fetch_max_wait_ms=50, auto_offset_reset="latest")
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     await consumer.start()
     await prod.start()

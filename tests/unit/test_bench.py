@@ -96,7 +96,7 @@ def test_the_document_has_the_figures_and_the_settings_used(report):
     assert cost["ratio"] == pytest.approx(
         cost["with_segments_us_per_event"] / cost["profile_step_us_per_event"], rel=1e-2
     )
-    assert cost["predict_us_per_profile"] > 0 and cost["learner_vectors_per_s"] > 0
+    assert cost["predict_us_per_profile"] > 0 and cost["predict_many_one_row_us"] > 0 and cost["learner_vectors_per_s"] > 0
     assert report["algorithms"] is None  # only with --algorithms
 
 

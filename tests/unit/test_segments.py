@@ -166,3 +166,25 @@ def test_the_anchor_survives_a_snapshot_and_old_snapshots_still_load():
     legacy = SegmentModel.from_json(old)
     probes = [behaviour(k, rng) for k in (0, 1, 2)]
     assert len(set(legacy.predict_many(probes))) == 3
+
+
+def test_predict_one_is_the_nearest_centroid_in_the_anchor_space_while_the_model_learns():
+    # Recomputed from the snapshot alone: standardise by the anchor, nearest centre, first on a tie.
+    model = SegmentModel(n_segments=4, features=FEATURES, warmup=200, seed=3)
+    stream = blobs(2000, 6)
+    probe = [x for _, x in blobs(200, 7)] + [{"a": 4.0}, {}, {"a": 1e6, "b": -1e6, "c": 0.0}]
+    checked = 0
+    for i, (_, x) in enumerate(stream):
+        model.learn_one(x)
+        if i < 200 or i % 97:  # every 97th vector after seeding: across re-anchorings
+            continue
+        snap = model.to_json()
+        means, stds = np.array(snap["anchor"]["means"]), np.array(snap["anchor"]["stds"])
+        centres = np.array(snap["centers"])
+        for p in probe:
+            z = (np.array([p.get(f, 0.0) for f in FEATURES]) - means) / stds
+            d2 = [sum((zi - ci) ** 2 for zi, ci in zip(z, row)) for row in centres]
+            assert model.predict_one(p) == d2.index(min(d2))
+            checked += 1
+    assert checked == 18 * len(probe)
+    assert model.predict_many(probe) == [model.predict_one(p) for p in probe]
