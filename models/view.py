@@ -9,6 +9,7 @@ the bookkeeping (dedup ids, session intervals, day lists).
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from models.journeys import render_journey
@@ -24,8 +25,12 @@ FREQUENCY_ORDERS = (2, 3, 5, 10)  # 1 -> 1, 2 -> 2, 3-4 -> 3, 5-9 -> 4, >= 10 ->
 MONETARY_EUR = (50, 150, 500, 1500)  # < 50 -> 1, < 150 -> 2, < 500 -> 3, < 1500 -> 4, else 5
 
 
+@lru_cache(maxsize=65_536)
 def iso(ms: int | None) -> str | None:
     """Epoch milliseconds as ISO-8601 UTC text.
+
+    Cached: a profile is rendered again on each update with mostly the same times in it
+    (first and last event of every channel), and formatting one costs a few microseconds.
 
     >>> iso(1_795_341_600_000)
     '2026-11-22T10:00:00.000Z'

@@ -205,6 +205,8 @@ async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.ty
 
 
 RESCORE = b'{"rescore":true}'
+TEACHING_BATCH = 500  # feature vectors queued for the learner that are sent at once, without waiting
+TEACHING_FLUSH_SECONDS = 0.5  # and the longest a queued vector waits
 SEED = b'{"seed":true}'
 
 
@@ -474,7 +476,8 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
 
 def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
     """Queue a sample of this profile's feature vectors for the single segment learner
-    (:func:`flush_teaching` sends them, one message per handled message rather than per profile)."""
+    (:func:`flush_teaching` sends them in batches: at ``TEACHING_BATCH`` queued, or every
+    ``TEACHING_FLUSH_SECONDS``, and at shutdown)."""
     settings = wiring.settings
     for scope in teaching_scopes(state, scopes, settings.segment_learn_rate, settings.segment_min_events):
         if vectors[scope] is not None:
@@ -668,8 +671,15 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def update_profiles(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: update_profile(wiring, models, e, journeys))
-            await flush_teaching(wiring)
+            if len(wiring.teaching) >= TEACHING_BATCH:
+                await flush_teaching(wiring)
             await drain_changelog(app)
+
+    @app.timer(TEACHING_FLUSH_SECONDS, name="flush_teaching")
+    async def flush_teaching_timer() -> None:
+        # Live traffic hands over small batches: one learner message per batch cost the learner
+        # agent Faust's per-message work for a few vectors each. Samples wait up to this long.
+        await flush_teaching(wiring)
 
     @app.agent(wiring.journey_topic, name="aggregate_journeys")
     async def aggregate_journeys(stream: faust.StreamT) -> None:
@@ -739,6 +749,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def close_redis(app: faust.App, **kwargs: object) -> None:
         await server.stop()
         await send_journey_entries(wiring, journeys)
+        await flush_teaching(wiring)
         await wiring.sink.close()
         await wiring.journey_sink.close()
         await wiring.identity_sink.close()
