@@ -266,14 +266,16 @@ def run_worker(settings_env: dict[str, str], events: int, workdir: Path, name: s
 
 
 def run_latency(settings_env: dict[str, str], rates: list[float], seconds: float, workdir: Path,
-                timeout: float) -> list[dict[str, float]]:
+                timeout: float, broker_pid: int | None = None) -> list[dict[str, float]]:
     """Publish at each fixed rate for ``seconds`` to one worker; publish-to-update latency percentiles.
 
     The events are page views of their own customers (customer ids only, so no merges), sent one
     per message, keyed by customer, stamped with the current time; an independent consumer reads
     ``profiles.updates``. Producer and consumer share one asyncio loop (aiokafka): the driver must
     not take the CPU the worker needs (a kafka-python loop polling every 2 ms took 70% of a core
-    at 240 events/s, the broker and the worker shared the rest of the 2 cores).
+    at 240 events/s, the broker and the worker shared the rest of the 2 cores). Each rate also
+    reports the CPU used, as a share of one core, by the worker, the broker (``broker_pid``) and
+    this driver, from the first event sent until the last update arrived.
     """
     from streams.commands import Worker, worker_env
     from streams.settings import load_settings
@@ -284,13 +286,14 @@ def run_latency(settings_env: dict[str, str], rates: list[float], seconds: float
     try:
         worker.wait_ready()
         return asyncio.run(drive_latency(settings.kafka_bootstrap_servers, TopicNames(settings.topic_prefix),
-                                         rates, seconds, timeout, worker.log_path))
+                                         rates, seconds, timeout, worker.log_path,
+                                         {"worker": worker.proc.pid, "broker": broker_pid}))
     finally:
         worker.stop()
 
 
 async def drive_latency(bootstrap: str, names: TopicNames, rates: list[float], seconds: float, timeout: float,
-                        log_path: Path) -> list[dict[str, float]]:
+                        log_path: Path, pids: dict[str, int | None]) -> list[dict[str, float]]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     # Every fetch costs the broker CPU that the worker shares on this machine: a 5 ms fetch wait
@@ -327,6 +330,7 @@ async def drive_latency(bootstrap: str, names: TopicNames, rates: list[float], s
                 total = max(1, int(rate * seconds))
                 customers = max(20, total // 10)
                 start = time.perf_counter()
+                cpu0 = cpu_snapshot(pids)
                 sent = 0
                 while sent < total:
                     now = time.perf_counter()
@@ -347,7 +351,8 @@ async def drive_latency(bootstrap: str, names: TopicNames, rates: list[float], s
                         raise RuntimeError(f"latency at {rate:,.0f} events/s: {meter.pending:,} events without an "
                                            f"update {timeout:.0f} s after the last was sent; see {log_path}")
                     await asyncio.sleep(0.05)
-                results.append({"rate": rate, "events": total, **meter.percentiles()})
+                shares = cpu_shares(cpu0, cpu_snapshot(pids), time.perf_counter() - start)
+                results.append({"rate": rate, "events": total, **meter.percentiles(), **shares})
                 await asyncio.sleep(2)  # let the worker go idle between the rates
         finally:
             follower.cancel()
@@ -355,6 +360,22 @@ async def drive_latency(bootstrap: str, names: TopicNames, rates: list[float], s
         await prod.stop()
         await consumer.stop()
     return results
+
+
+def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds so far of each named process (``driver``: this one)."""
+    out = {name: proc_cpu(pid) for name, pid in pids.items() if pid is not None}
+    out["driver"] = self_usage()[0]
+    return out
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Share of one core each process used between two snapshots ``seconds`` apart.
+
+    >>> cpu_shares({"worker": 1.0, "driver": 0.5}, {"worker": 4.0, "driver": 0.8}, 5.0)
+    {'worker_cpu': 0.6, 'driver_cpu': 0.06}
+    """
+    return {f"{name}_cpu": round((after[name] - before[name]) / seconds, 3) for name in before if seconds > 0}
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -440,7 +461,10 @@ def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]
         t = time.perf_counter()
         client.hgetall(key)
         timings.append((time.perf_counter() - t) * 1000)
-    sizes = [client.memory_usage(key) or 0 for key in chosen[:500]]
+    # SAMPLES 0: every field. The default estimate (5 fields, scaled up) swung from 1.8 to 14.7 KB
+    # between runs, by whether the sample held the large json field.
+    sizes = [client.memory_usage(key, samples=0) or 0 for key in chosen[:500]]
+    compact = compact_sizes(client, chosen[:500])
     client.close()
     timings.sort()
     return {
@@ -448,7 +472,27 @@ def redis_figures(url: str, prefix: str, sample: int = 2000) -> dict[str, float]
         "read_p50_ms": timings[len(timings) // 2],
         "read_p99_ms": timings[int(len(timings) * 0.99)],
         "bytes_per_customer": statistics.mean(sizes) if sizes else 0.0,
+        "bytes_per_customer_listpack": statistics.mean(compact) if compact else 0.0,
     }
+
+
+def compact_sizes(client: Any, keys: list[bytes], max_value: int = 16_384) -> list[int]:
+    """Memory of the same hashes in Redis's compact encoding (listpack), which Redis uses only
+    while every value is at most ``hash-max-listpack-value`` bytes (default 64, so the ``json``
+    field puts every profile in the hashtable encoding). The hashes are copied under that setting
+    to scratch keys, measured and deleted; the setting is restored."""
+    old = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    client.config_set("hash-max-listpack-value", max_value)
+    try:
+        out = []
+        for key in keys:
+            scratch = b"bench-scratch:" + key
+            client.hset(scratch, mapping=client.hgetall(key))
+            out.append(client.memory_usage(scratch, samples=0) or 0)
+            client.delete(scratch)
+        return out
+    finally:
+        client.config_set("hash-max-listpack-value", old)
 
 
 CONTENDERS = ("raw", "naive", "single", "latency", "batched", "two", "scale")
@@ -536,7 +580,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
                 rates = [round(top * 0.5), round(top * 0.9)]
                 say(f"latency at 50% and 90% of {top:,.0f} events/s ({args.latency_seconds:.0f} s each) ...")
             extra["latency"] = run_latency(stack("latency.", 1, publish=False), rates, args.latency_seconds,
-                                           workdir, args.timeout)
+                                           workdir, args.timeout, broker.proc.pid if broker.proc else None)
             for row, load in zip(extra["latency"], [None] * len(rates) if args.latency_rates else [0.5, 0.9]):
                 row["load"] = load  # share of the measured single-event rate, when the rates came from it
         if "batched" in only:
@@ -608,6 +652,10 @@ def print_report(report: dict) -> None:
                      "yes" if redis_fig["read_p99_ms"] <= 2 else "NO"])
         rows.append(["redis bytes per customer", f"{redis_fig['bytes_per_customer']:,.0f}", "<= 2048",
                      "yes" if redis_fig["bytes_per_customer"] <= 2048 else "NO"])
+        if "bytes_per_customer_listpack" in redis_fig:
+            listpack = redis_fig["bytes_per_customer_listpack"]
+            rows.append(["  with hash-max-listpack-value 16384", f"{listpack:,.0f}", "<= 2048",
+                         "yes" if listpack <= 2048 else "NO"])
     scale = report.get("scale") or {}
     if scale:
         met = scale["rss_mb"] <= 4096 and scale["customers"] >= 1_000_000 and scale["peak_rss_mb"] <= 4096
@@ -618,11 +666,17 @@ def print_report(report: dict) -> None:
         rows.append(["p99 latency at 50% load", f"{latency[0]['p99_ms']:,.0f} ms", "<= 100 ms",
                      "yes" if latency[0]["p99_ms"] <= 100 else "NO"])
     if latency:
+        def share(row: dict, name: str) -> str:
+            return f"{100 * row[name]:.0f}%" if name in row else "-"
+
         lat_rows = [[f"{r['rate']:,.0f}", f"{r['events']:,}", f"{r['p50_ms']:,.1f}", f"{r['p99_ms']:,.1f}",
-                     f"{r['p999_ms']:,.1f}"] for r in latency]
+                     f"{r['p999_ms']:,.1f}", share(r, "worker_cpu"), share(r, "broker_cpu"), share(r, "driver_cpu")]
+                    for r in latency]
         print()
-        print(format_table(["events/s", "events", "p50 ms", "p99 ms", "p999 ms"], lat_rows,
-                           title="== publish to ProfileUpdate latency, one worker, single-event messages =="))
+        print(format_table(["events/s", "events", "p50 ms", "p99 ms", "p999 ms", "worker CPU", "broker CPU",
+                            "driver CPU"], lat_rows,
+                           title="== publish to ProfileUpdate latency, one worker, single-event messages "
+                           "(CPU: share of one core, first event sent to last update) =="))
     if scale.get("curve"):
         curve_rows = [[f"{c['customers']:,}", f"{c['seconds']:,.0f}", f"{c['customers'] / max(c['seconds'], 1e-9):,.0f}",
                        f"{c['rss_mb']:,.0f}"] for c in scale["curve"]]
