@@ -1,4 +1,4 @@
-"""Expected profiles recomputed from the raw events with pandas, independently of models/.
+"""Expected profiles recomputed from the raw events in plain Python, independently of models/.
 
 Only the contract and the documented rules are used: profile key (identifiers on one event,
 or linked by an alias, are one customer: the customer_id of that group, else ``anon:`` +
@@ -9,10 +9,9 @@ cents, identify/alias events describe the person and not channel behaviour.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
-
-import pandas as pd
 
 DEFAULT_CHANNEL = {"email": "email", "app": "app", "offline": "store", "identify": "web"}
 PURCHASES = {"purchase", "pos_purchase"}
@@ -61,7 +60,7 @@ def stitched_keys(events: list[tuple[str, dict]]) -> dict[str, str]:
     return keys
 
 
-def frame(events: list[tuple[str, dict]]) -> pd.DataFrame:
+def frame(events: list[tuple[str, dict]]) -> list[dict[str, Any]]:
     """One row per distinct event (source, event dict)."""
     rows = []
     seen = set()
@@ -71,69 +70,75 @@ def frame(events: list[tuple[str, dict]]) -> pd.DataFrame:
             continue
         seen.add(e["event_id"])
         props = e.get("properties") or {}
+        ts = _ms(e["ts"])
         rows.append(
             {
                 "key": keys[f"cid:{e['customer_id']}" if e.get("customer_id") else f"anon:{e['anonymous_id']}"],
                 "source": source,
                 "type": e["type"],
-                "ts": _ms(e["ts"]),
+                "ts": ts,
+                "day": ts // 86_400_000,
                 "channel": (e.get("channel") or DEFAULT_CHANNEL[source]).lower(),
                 "cents": round(props["revenue"] * 100) if e["type"] in PURCHASES else 0,
                 "discounted": e["type"] in PURCHASES and props.get("discount", 0) > 0,
                 "age": (props.get("traits") or {}).get("age"),
             }
         )
-    df = pd.DataFrame(rows)
-    df["day"] = df["ts"] // 86_400_000
-    return df
+    return rows
 
 
-def _sessions(ts: pd.Series) -> int:
-    values = ts.sort_values().to_numpy()
-    if len(values) == 0:
-        return 0
-    return int(1 + (pd.Series(values).diff().dropna() > GAP_MS).sum())
+def _sessions(times: list[int]) -> int:
+    ordered = sorted(times)
+    return sum(1 for i, t in enumerate(ordered) if i == 0 or t - ordered[i - 1] > GAP_MS)
 
 
-def _activity(df: pd.DataFrame) -> dict[str, Any]:
-    orders = int(df["type"].isin(PURCHASES).sum())
-    cents = int(df["cents"].sum())
+def _activity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    times = [r["ts"] for r in rows]
+    orders = sum(r["type"] in PURCHASES for r in rows)
+    cents = sum(r["cents"] for r in rows)
     return {
-        "events": len(df),
-        "event_types": {k: int(v) for k, v in sorted(df["type"].value_counts().items())},
-        "first_seen": _iso(int(df["ts"].min())),
-        "last_seen": _iso(int(df["ts"].max())),
-        "active_days": int(df["day"].nunique()),
-        "sessions": _sessions(df["ts"]),
+        "events": len(rows),
+        "event_types": dict(sorted(Counter(r["type"] for r in rows).items())),
+        "first_seen": _iso(min(times)),
+        "last_seen": _iso(max(times)),
+        "active_days": len({r["day"] for r in rows}),
+        "sessions": _sessions(times),
         "orders": orders,
         "revenue": cents / 100,
-        "discounted_order_share": None if not orders else round(int(df["discounted"].sum()) / orders, 4),
+        "discounted_order_share": None if not orders else round(sum(r["discounted"] for r in rows) / orders, 4),
     }
 
 
+def _group(rows: list[dict[str, Any]], field: str) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[r[field]].append(r)
+    return out
+
+
 def expected_profiles(events: list[tuple[str, dict]]) -> dict[str, dict[str, Any]]:
-    df = frame(events)
     out: dict[str, dict[str, Any]] = {}
-    for key, person in df.groupby("key"):
-        behaviour = person[person["source"] != "identify"]
-        ident = person[(person["type"] == "identify") & person["age"].notna()].sort_values("ts")
-        expected: dict[str, Any] = {"events": len(person), "age": None if ident.empty else int(ident["age"].iloc[-1])}
-        if not behaviour.empty:
+    for key, person in sorted(_group(frame(events), "key").items()):
+        behaviour = [r for r in person if r["source"] != "identify"]
+        # The latest identify with an age describes the person (stable on equal times: the order sent).
+        ident = sorted((r for r in person if r["type"] == "identify" and r["age"] is not None), key=lambda r: r["ts"])
+        expected: dict[str, Any] = {"events": len(person), "age": None if not ident else int(ident[-1]["age"])}
+        if behaviour:
             expected["summary"] = _activity(behaviour)
-            expected["channels"] = {ch: _activity(part) for ch, part in behaviour.groupby("channel")}
-            mail = behaviour[behaviour["source"] == "email"]
-            if not mail.empty:
-                sent = int((mail["type"] == "sent").sum())
-                opens = int((mail["type"] == "open").sum())
+            expected["channels"] = {ch: _activity(part) for ch, part in sorted(_group(behaviour, "channel").items())}
+            mail = [r for r in behaviour if r["source"] == "email"]
+            if mail:
+                kinds = Counter(r["type"] for r in mail)
+                sent, opens = kinds["sent"], kinds["open"]
                 expected["email"] = {
                     "sent": sent,
                     "opens": opens,
-                    "clicks": int((mail["type"] == "click").sum()),
+                    "clicks": kinds["click"],
                     "open_rate": None if not sent else round(min(1.0, opens / sent), 4),
                 }
-            offline = behaviour[behaviour["source"] == "offline"]
-            if not offline.empty:
-                expected["store_visits"] = int((offline["type"] == "store_visit").sum())
+            offline = [r for r in behaviour if r["source"] == "offline"]
+            if offline:
+                expected["store_visits"] = sum(r["type"] == "store_visit" for r in offline)
         out[str(key)] = expected
     return out
 

@@ -3,7 +3,7 @@ nothing counted twice.
 
 Every scenario feeds synthetic customers (models.synthetic, with aliases and so merges) to a real
 worker at a steady rate, injects its fault mid-stream, waits until the stream is drained, and then
-compares three views with the oracle (tests/integration/oracle.py, pandas over the events the test
+compares three views with the oracle (tests/integration/oracle.py, plain Python over the events the test
 sent, never models/):
 
 - the last record per key on ``profiles.updates``,
