@@ -244,8 +244,9 @@ class SegmentModel:
 
         The profile agent scores one vector at a time, where numpy's per-call overhead on a
         1 x k x features array costs more than the arithmetic: ``math.dist`` on plain floats
-        here (``omniprofile bench segments`` prints both costs). Its distances are rounded differently from :meth:`predict_many`'s, so the two can differ only for a
-        vector equidistant, to the last bits, from two centroids.
+        here (``omniprofile bench segments`` prints both costs). Its distances are rounded
+        differently from :meth:`predict_many`'s, so the two can differ only for a vector
+        equidistant, to the last bits, from two centroids.
         """
         if not self._seeded:
             return None

@@ -30,7 +30,7 @@ def iso(ms: int | None) -> str | None:
     """Epoch milliseconds as ISO-8601 UTC text.
 
     Cached: a profile is rendered again on each update with mostly the same times in it
-    (first and last event of every channel), and formatting one costs a few microseconds.
+    (first and last event of every channel).
 
     >>> iso(1_795_341_600_000)
     '2026-11-22T10:00:00.000Z'

@@ -205,9 +205,9 @@ async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.ty
 
 
 RESCORE = b'{"rescore":true}'
+SEED = b'{"seed":true}'
 TEACHING_BATCH = 500  # feature vectors queued for the learner that are sent at once, without waiting
 TEACHING_FLUSH_SECONDS = 0.5  # and the longest a queued vector waits
-SEED = b'{"seed":true}'
 
 
 def now_ms() -> int:
