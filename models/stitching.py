@@ -4,7 +4,8 @@ When the identity graph joins two groups, the surviving profile is told to :func
 absorbed one and holds its new events (:func:`receive`) until the absorbed profile's
 :func:`handover` arrives and is merged in (:func:`absorb`). Holding is what makes an event
 seen under both ids count once: the held events are folded after the absorbed history, so
-the joined deduplication window recognises them. A hold that outlives ``wait_ms`` is given up.
+the joined deduplication window recognises them. A hold that outlives ``wait_ms`` while the
+stream is caught up is given up.
 
 Examples
 --------
@@ -76,13 +77,27 @@ class Received:
     gave_up: list[str] = field(default_factory=list)  # merges no longer waited for
 
 
-def receive(held: State | None, records: list[dict[str, Any]], now_ms: int, wait_ms: int) -> Received:
-    """New events for a profile: hold them while a merge into it is pending, else fold them."""
+def receive(
+    held: State | None, records: list[dict[str, Any]], now_ms: int, wait_ms: int, behind_ms: int = 0
+) -> Received:
+    """New events for a profile: hold them while a merge into it is pending, else fold them.
+
+    A hold is given up once it is older than ``wait_ms`` while the stream is caught up:
+    ``behind_ms`` is how long ago the message carrying ``records`` was sent. A worker working
+    through a backlog is behind on the absorbed profile's partition too, so its handover may
+    still be on the way; giving up then would let an event seen under both ids count twice.
+
+    >>> s = expect(None, "c-7", "anon:a1", now_ms=0)
+    >>> receive(s, [{"event_id": "e1"}], now_ms=60_000, wait_ms=30_000, behind_ms=45_000).waiting
+    True
+    >>> receive(s, [{"event_id": "e1"}], now_ms=60_000, wait_ms=30_000, behind_ms=10).gave_up
+    ['anon:a1']
+    """
     pending = held.get("pending") if held else None
     if not pending:
         return Received(held, records)
     state = copy_state(held)
-    if now_ms - pending["since"] < wait_ms:
+    if now_ms - pending["since"] < wait_ms or behind_ms >= wait_ms:
         state["pending"]["held"].extend(records)
         return Received(state, [], waiting=True)
     given_up = state.pop("pending")

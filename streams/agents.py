@@ -214,6 +214,12 @@ def now_ms() -> int:
     return int(datetime.now(timezone.utc).timestamp() * 1000)
 
 
+def sent_ms(event: faust.EventT) -> int | None:
+    """When a message was sent (its Kafka timestamp), in epoch milliseconds."""
+    timestamp = event.message.timestamp
+    return int(timestamp * 1000) if timestamp else None
+
+
 def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -235,7 +241,7 @@ async def update_profile(
         await forward_from_stub(wiring, key, held, message, event.value)
         return
     if isinstance(message, list):
-        await receive_records(wiring, models, key, held, message, journeys)
+        await receive_records(wiring, models, key, held, message, journeys, sent_ms(event))
         return
     op = message.get("op")
     if op == "expect":
@@ -255,6 +261,7 @@ async def update_batch(
 ) -> None:
     """The events of several customers of this partition (one message from the identity stage);
     each customer is retried, and dead-lettered, on its own."""
+    sent = sent_ms(event)
     for customer, records in batch.items():
         key = customer.encode()
 
@@ -263,7 +270,7 @@ async def update_batch(
             if stitching.is_stub(held):
                 await forward_from_stub(wiring, key, held, records, orjson.dumps(records))
             else:
-                await receive_records(wiring, models, key, held, records, journeys)
+                await receive_records(wiring, models, key, held, records, journeys, sent)
 
         reason = await retried(f"the events of profile {customer}", handle)
         if reason is not None:
@@ -289,9 +296,13 @@ async def send_batches(wiring: Wiring, routed: dict[str, list[dict]]) -> None:
 
 
 async def receive_records(
-    wiring: Wiring, models: ModelCache, key: bytes, held: dict | None, records: list, journeys: JourneyBuffer | None
+    wiring: Wiring, models: ModelCache, key: bytes, held: dict | None, records: list, journeys: JourneyBuffer | None,
+    sent_at_ms: int | None = None,
 ) -> None:
-    received = stitching.receive(held, records, now_ms(), int(wiring.settings.identity_merge_wait_seconds * 1000))
+    """``sent_at_ms``: when the message carrying ``records`` was sent (how far behind this stream is)."""
+    now = now_ms()
+    behind = max(0, now - sent_at_ms) if sent_at_ms is not None else 0
+    received = stitching.receive(held, records, now, int(wiring.settings.identity_merge_wait_seconds * 1000), behind)
     if received.waiting:
         wiring.profiles[key] = received.state
         return

@@ -119,3 +119,16 @@ def test_a_replay_is_recognised_past_the_cap_on_merged_from(ref):
         sent += 1
     assert f"anon:{MAX_MERGED_FROM + 2}" not in state["merged_from"]
     assert state["events"] == 1 + sent
+
+
+def test_a_hold_is_kept_while_the_stream_is_behind_and_given_up_once_caught_up(ref):
+    # A backlog delays the absorbed profile's handover as much as the survivor's own messages:
+    # a hold older than the wait is kept while the message that carries new events is older still.
+    survivor = expect(None, "c-1", "anon:x", now_ms=0)
+    behind = receive(survivor, [ref.record("e1", "page_view", 1)], now_ms=WAIT * 3, wait_ms=WAIT, behind_ms=WAIT * 2)
+    assert behind.waiting and behind.records == [] and not behind.gave_up
+    assert [x["event_id"] for x in behind.state["pending"]["held"]] == ["e1"]
+    caught_up = receive(behind.state, [ref.record("e2", "page_view", 2)], now_ms=WAIT * 3 + 5, wait_ms=WAIT,
+                        behind_ms=WAIT - 1)
+    assert not caught_up.waiting and caught_up.gave_up == ["anon:x"]
+    assert [x["event_id"] for x in caught_up.records] == ["e1", "e2"]
