@@ -158,8 +158,7 @@ class SegmentModel:
         means, stds = self._anchor
         z = (np.asarray(values) - means) / stds
         self.kmeans.learn_one(dict(zip(self.features, z.tolist())))
-        self._matrix = None
-        self._scoring = None
+        self._centroids_moved()
 
     def seed_early(self) -> bool:
         """Seed provisionally from the vectors buffered so far; False if there is nothing to do.
@@ -194,8 +193,7 @@ class SegmentModel:
             self.kmeans.centers[k] = dict(zip(self.features, map(float, best[k])))
         self._seeded = True
         self.version += 1
-        self._matrix = None
-        self._scoring = None
+        self._centroids_moved()
 
     def _reanchor(self) -> None:
         """Re-express the centroids in the scaler's current standardised space (same raw position)."""
@@ -208,6 +206,10 @@ class SegmentModel:
             self.kmeans.centers[k] = dict(zip(self.features, centers[k].tolist()))
         self._anchor = (means, stds)
         self._anchored_at = self.n_learned
+        self._centroids_moved()
+
+    def _centroids_moved(self) -> None:
+        """Drop the caches derived from the centroids (``centroids()`` and ``predict_one``'s)."""
         self._matrix = None
         self._scoring = None
 
