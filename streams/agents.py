@@ -206,8 +206,6 @@ async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.ty
 
 RESCORE = b'{"rescore":true}'
 SEED = b'{"seed":true}'
-TEACHING_BATCH = 500  # feature vectors queued for the learner that are sent at once, without waiting
-TEACHING_FLUSH_SECONDS = 0.5  # and the longest a queued vector waits
 
 
 def now_ms() -> int:
@@ -487,8 +485,8 @@ async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> Non
 
 def teach(wiring: Wiring, state: dict, scopes: list[str], vectors: dict) -> None:
     """Queue a sample of this profile's feature vectors for the single segment learner
-    (:func:`flush_teaching` sends them in batches: at ``TEACHING_BATCH`` queued, or every
-    ``TEACHING_FLUSH_SECONDS``, and at shutdown)."""
+    (:func:`flush_teaching` sends them in batches: at ``OMNIPROFILE_SEGMENT_TEACH_BATCH`` queued,
+    every ``OMNIPROFILE_SEGMENT_TEACH_FLUSH_SECONDS``, and at shutdown)."""
     settings = wiring.settings
     for scope in teaching_scopes(state, scopes, settings.segment_learn_rate, settings.segment_min_events):
         if vectors[scope] is not None:
@@ -682,11 +680,11 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def update_profiles(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await guarded(wiring, event, lambda e: update_profile(wiring, models, e, journeys))
-            if len(wiring.teaching) >= TEACHING_BATCH:
+            if len(wiring.teaching) >= settings.segment_teach_batch:
                 await flush_teaching(wiring)
             await drain_changelog(app)
 
-    @app.timer(TEACHING_FLUSH_SECONDS, name="flush_teaching")
+    @app.timer(settings.segment_teach_flush_seconds, name="flush_teaching")
     async def flush_teaching_timer() -> None:
         # Live traffic hands over small batches: one learner message per batch cost the learner
         # agent Faust's per-message work for a few vectors each. Samples wait up to this long.

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     segment_warmup: int = Field(default=1000, ge=10)
     segment_halflife: float = Field(default=0.01, gt=0.0, le=1.0)
     segment_snapshot_every: int = Field(default=200, ge=1)
+    segment_teach_batch: int = Field(default=500, ge=1, le=100_000)
+    segment_teach_flush_seconds: float = Field(default=0.5, gt=0.0, le=3600.0)
     segment_sweep_seconds: float = Field(default=3600.0, ge=1.0)
     segment_summary_seconds: float = Field(default=60.0, ge=1.0)
     dedup_window: int = Field(default=256, ge=0, le=100_000)

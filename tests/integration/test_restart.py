@@ -11,8 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import redis
+from kafka import KafkaConsumer, TopicPartition
 
 from streams.admin import OutputFollower, producer
+from tests.integration.conftest import make_stack
 from tests.integration.oracle import compare, expected_profiles
 
 
@@ -96,3 +98,48 @@ def test_the_worker_survives_sigterm_and_resumes(stack):
     wait_applied(follower, stack, applied + len(third))
     assert follower.events_applied == applied + len(third)
     follower.close()
+
+
+def read_topic(stack, topic: str) -> list[bytes | None]:
+    """Every value on ``topic``, from the beginning, read by a plain consumer."""
+    consumer = KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=3000)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    values = [record.value for record in consumer]
+    consumer.close()
+    return values
+
+
+def taught(stack) -> list[dict]:
+    """The feature vectors on the segment learner's topic."""
+    vectors = []
+    for value in read_topic(stack, stack.names.segment_features):
+        message = orjson.loads(value)
+        vectors.extend(message.get("batch", [message] if "scope" in message else []))
+    return vectors
+
+
+def test_sigterm_sends_the_queued_feature_vectors_to_the_learner(broker, redis_server, tmp_path):
+    """The learner's samples wait in the worker (OMNIPROFILE_SEGMENT_TEACH_*); a clean stop sends
+    them. With the timer and the size trigger out of reach, nothing reaches the learning topic while
+    the worker runs; after SIGTERM, every profile version with 5 events or more (learn rate 1: each
+    teaches) has its vector of scope ``all`` there, counted from ``profiles.updates``."""
+    own = make_stack(broker, redis_server, tmp_path, OMNIPROFILE_SEGMENT_TEACH_FLUSH_SECONDS="3600",
+                     OMNIPROFILE_SEGMENT_TEACH_BATCH="100000", OMNIPROFILE_SEGMENT_LEARN_RATE="1")
+    try:
+        events = events_for(8, 9, datetime.now(timezone.utc) - timedelta(days=6), seed=4, tag="t")
+        publish(own, events)
+        follower = OutputFollower(own.settings)
+        wait_applied(follower, own, len(events))
+        follower.close()
+        assert taught(own) == []
+        assert own.worker.stop() == 0, own.worker.tail()
+    finally:
+        own.worker.stop()
+    updates = [orjson.loads(v) for v in read_topic(own, own.names.updates) if v is not None]
+    teaching_versions = [u for u in updates if u["profile"]["events"] >= 5]
+    assert teaching_versions, "no profile reached 5 events: the test teaches nothing"
+    vectors = [v for v in taught(own) if v["scope"] == "all"]
+    assert len(vectors) == len(teaching_versions)
