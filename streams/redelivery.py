@@ -17,7 +17,7 @@ And its commit moves past a hole of one offset (meant for the control record a t
 producer leaves) without asking whether that offset was a message that was fetched but never
 processed; with no committed offset yet (offset 0) it checks for no hole at all.
 
-:func:`guard_redelivery` installs three small changes on a consumer before it starts:
+:func:`guard_redelivery` installs four small changes on a consumer before it starts:
 
 1. The read offset of an acked (input) topic always reads as unknown, so the fetch loop hands
    every fetched copy to the streams. A message re-fetched after a seek that had been processed
@@ -32,6 +32,17 @@ processed; with no committed offset yet (offset 0) it checks for no hole at all.
    empties and seeks those partitions back to it (:func:`lowest_offsets`). Faust also empties the
    queues when partitions are revoked; a partition sought back then is sought again to its
    committed offset by the next recovery, so that seek is harmless.
+4. Faust relies on its seek to the committed offsets (at the end of recovery, and whenever it
+   fetches while flow is stopped) to fetch again whatever it threw away, but aiokafka's
+   ``seek_to_committed`` leaves a partition with no committed offset (or offset 0) where the
+   fetcher had got to. Found by the fault suite's ``kill -9`` scenario: the restarted worker
+   fetched a batch between resuming the stream partitions and that seek, handed none of it to
+   the streams, fetched every partition with a committed offset again from it, and never
+   fetched again the messages of one its predecessor had not committed yet (nothing committed,
+   nothing held, the worker idle). The guard seeks such a partition of an acked topic to offset
+   0, where its committed offset would be: the app reads from the earliest offset
+   (``consumer_auto_offset_reset``), and an offset 0 no longer kept resets to the earliest one
+   (:func:`uncommitted`).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +113,18 @@ def lowest_offsets(items: Iterable[Any], acks_enabled_for: Callable[[str], bool]
     return lowest
 
 
+def uncommitted(committed: Mapping[Any, int | None], acks_enabled_for: Callable[[str], bool]) -> list[Any]:
+    """The partitions of acked topics that ``seek_to_committed`` leaves where they are: no
+    committed offset, or offset 0 (aiokafka seeks only to a committed offset above 0).
+
+    >>> from faust.types import TP
+    >>> uncommitted({TP("in", 0): None, TP("in", 1): 0, TP("in", 2): 7, TP("log", 0): None}, lambda t: t == "in")
+    [TP(topic='in', partition=0), TP(topic='in', partition=1)]
+    """
+    return sorted((tp for tp, offset in committed.items() if not offset and acks_enabled_for(tp.topic)),
+                  key=lambda tp: (tp.topic, tp.partition))
+
+
 @dataclass
 class RedeliveryGuard:
     """What the guard did, for /metrics: commits held for a fetched but unprocessed offset, and
@@ -149,8 +172,17 @@ def guard_redelivery(
             seen.difference_update([o for o in seen if o < offset])
         return offset
 
+    seek_to_committed = consumer.seek_to_committed
+
+    async def seek_to_committed_or_start() -> Mapping[Any, int | None]:
+        committed = await seek_to_committed()
+        for tp in uncommitted(committed, acks_enabled_for):
+            await consumer.seek(tp, 0)
+        return committed
+
     consumer.callback = remember_and_deliver
     consumer._new_offset = checked_new_offset
+    consumer.seek_to_committed = seek_to_committed_or_start
     return guard
 
 

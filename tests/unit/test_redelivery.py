@@ -2,9 +2,9 @@
 
 The consumer here is a plain object carrying the attributes faust's ``Consumer._new_offset``
 reads; the method itself is faust's, so these tests show what faust 0.15.3 commits with and
-without the guard; change 3 runs on mode's own flow control and queues. End to end, the fault
-suite's restarts exercise the guard; one rare stall it does not cover is still open
-(docs/reliability.md, "The silent skip").
+without the guard; change 3 runs on mode's own flow control and queues, change 4 on aiokafka's and
+faust's own seek to the committed offsets. End to end, the fault suite's restarts exercise the guard;
+one rare stall it does not cover is still open (docs/reliability.md, "The silent skip").
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def fake_consumer(delivered: list) -> SimpleNamespace:
         _committed_offset=defaultdict(lambda: None),
         _read_offset=defaultdict(lambda: None),
         callback=lambda message: delivered.append(message.offset),
+        seek_to_committed=None,  # faust's, replaced by the guard (change 4); see the tests at the end
     )
     consumer._new_offset = MethodType(Consumer._new_offset, consumer)
     return consumer
@@ -190,3 +191,48 @@ def test_resuming_with_empty_queues_seeks_nothing() -> None:
         return consumer
 
     assert asyncio.run(scenario()).sought == []
+
+
+APP = TP("omniprofile.events.app", 2)
+
+
+def test_aiokafka_leaves_a_partition_without_a_committed_offset_where_it_is() -> None:
+    """The behaviour change 4 exists for, in aiokafka's own ``seek_to_committed``."""
+    from aiokafka import AIOKafkaConsumer
+
+    sought: list = []
+    committed = {INPUT: 10, APP: None, CHANGELOG: None}
+
+    async def fetch_committed(tp: TP) -> int | None:
+        return committed[tp]
+
+    fake = SimpleNamespace(
+        _subscription=SimpleNamespace(assigned_partitions=lambda: set(committed)),
+        committed=fetch_committed,
+        _fetcher=SimpleNamespace(seek_to=lambda tp, offset: sought.append((tp, offset))),
+    )
+    assert asyncio.run(AIOKafkaConsumer.seek_to_committed(fake)) == committed
+    assert sought == [(INPUT, 10)]  # APP stays wherever the fetcher had got to
+
+
+def test_faust_seek_to_committed_sends_uncommitted_input_partitions_to_the_start() -> None:
+    """Faust's own ``perform_seek`` (the end of recovery): an input partition with no committed
+    offset, or offset 0, is sought to 0; one with a committed offset and the changelogs are left
+    to aiokafka."""
+    async def scenario() -> SimpleNamespace:
+        consumer = seeking_consumer({INPUT, APP, CHANGELOG})
+        zero = TP("omniprofile.events.email", 1)
+
+        async def seek_to_committed() -> dict:
+            return {INPUT: 10, APP: None, zero: 0, CHANGELOG: None}
+
+        consumer.seek_to_committed = seek_to_committed
+        guard_redelivery(consumer, acked_topics)
+        consumer.perform_seek = MethodType(Consumer.perform_seek, consumer)
+        await consumer.perform_seek()
+        assert consumer._committed_offset[INPUT] == 10
+        assert consumer._read_offset[CHANGELOG] is None
+        return consumer
+
+    consumer = asyncio.run(scenario())
+    assert consumer.sought == [(TP("omniprofile.events.app", 2), 0), (TP("omniprofile.events.email", 1), 0)]
