@@ -132,8 +132,9 @@ def use_fetch_wait(ms: int) -> None:
 
     faust-streaming 0.15.3 builds its consumer with ``fetch_max_wait_ms=1500`` and no setting to
     change it. Apache Kafka answers a waiting fetch as soon as data arrives, so there it only bounds
-    an idle poll; Tansu answers only when the wait is over, which put up to 1.5 s on every hop
-    between the stages. The value is set on the aiokafka consumer before it starts.
+    an idle poll; Tansu answers a fetch over many partitions late, by up to the wait (a fetch of
+    one partition comes back as soon as data arrives), which put up to 1.5 s on every hop between
+    the stages. The value is set on the aiokafka consumer before it starts.
     """
     from faust.transport.drivers import aiokafka as driver
 
