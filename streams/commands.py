@@ -231,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "OMNIPROFILE_DATA_DIR": str(workdir / "worker"),
             "OMNIPROFILE_PARTITIONS": str(args.partitions),
             "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-            "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu answers a fetch over many partitions up to its wait late (docs/performance.md)
+            "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
             "OMNIPROFILE_HASH_KEY": os.urandom(16).hex(),
             "OMNIPROFILE_LOG_LEVEL": "info",  # "Worker ready" is an info line
             # Short periods, so that the few minutes of the demo see sweeps and persona summaries.

@@ -532,7 +532,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
                 "OMNIPROFILE_REDIS_KEY_PREFIX": prefix.replace(".", ":"),
                 "OMNIPROFILE_PARTITIONS": str(args.partitions),
                 "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-                "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu answers a fetch over many partitions up to its wait late (docs/performance.md)
+                "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
                 "OMNIPROFILE_WEB_PORT": "0",  # several workers on one machine; the bench reads no metrics
                 "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
                 "OMNIPROFILE_LOG_LEVEL": "info",  # the bench waits for "Worker ready"

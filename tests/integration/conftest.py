@@ -68,7 +68,7 @@ def make_stack(broker: Tansu, redis_server: RedisServer, tmp: Path, **extra: str
         "OMNIPROFILE_PARTITIONS": "4",
         "OMNIPROFILE_DATA_DIR": str(tmp / "data"),
         "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-        "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu answers a fetch over many partitions up to its wait late (docs/performance.md)
+        "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
         "OMNIPROFILE_WEB_PORT": "0",  # several workers at once; tests of /health and /metrics set a free port
         "OMNIPROFILE_HASH_KEY": "integration-test-key",
         "OMNIPROFILE_LOG_LEVEL": "info",
