@@ -752,7 +752,12 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     @app.timer(wiring.settings.redis_resync_check_seconds, name="check_serving_view")
     async def check_serving_view() -> None:
         # Redis lost data (restarted empty, flushed): rewrite this worker's partitions from the tables.
+        # Partitions just taken over: write again what a killed owner had staged and not flushed.
         await serving.check()
+
+    @app.on_partitions_assigned.connect
+    async def forget_caught_up_parts(sender: faust.App, assigned: object, **kwargs: object) -> None:
+        serving.assigned()
 
     @app.on_before_shutdown.connect
     async def close_redis(app: faust.App, **kwargs: object) -> None:

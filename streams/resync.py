@@ -11,6 +11,15 @@ no token, so the part is rewritten again on the next check. A fresh Redis theref
 profile written once when the worker starts, and a worker that takes over a partition finds its
 field already set by the previous owner.
 
+A worker killed (``kill -9``, OOM) between two Redis flushes loses what it had staged, while the
+table changelog and ``profiles.updates`` already hold it and the input offsets may be committed: no
+message will bring those profiles back, and Redis did not lose data, so the marks are all there. So a
+worker also *catches up* every part it takes over (at its start, or when a rebalance gives it a
+partition it did not hold): it reads the ``version`` of each profile of the partition in Redis
+(pipelined, a chunk at a time) and writes again those that are missing or older than the table's,
+and rewrites the partition's journey counters (current values, a few hundred at most). A part stays
+caught up as long as this worker keeps it; a rebalance that takes it away forgets it.
+
 Rewrites go through the same sinks as live updates, so a profile that changes during its rewrite
 is never overwritten by an older version (the write-if-newer script).
 """
@@ -46,6 +55,12 @@ return 1
 """
 
 
+def behind(in_redis: bytes | str | None, version: int) -> bool:
+    """Whether a profile hash whose ``version`` field reads ``in_redis`` (None: no hash) is older than
+    the table's ``version``."""
+    return in_redis is None or int(in_redis) < version
+
+
 class ResyncAborted(RuntimeError):
     """A write of the rewrite failed; the part stays unmarked and is tried again."""
 
@@ -60,7 +75,14 @@ class ServingView:
         self.layout = wiring.sink.layout
         self.backlog = 0  # keys left in the rewrite under way (a metric)
         self.rewritten = 0  # parts rewritten since the start
+        self.caught_up: set[str] = set()  # parts checked against Redis since this worker took them
+        self.restaged = 0  # profiles written again by catch-ups since the start (Redis was behind)
         self._lock = asyncio.Lock()
+
+    def assigned(self) -> None:
+        """After a rebalance: forget the catch-up of the parts this worker no longer serves (another
+        worker may hold them, and die with writes staged, before they come back)."""
+        self.caught_up &= set(self.parts())
 
     def settled(self) -> bool:
         """No rebalance or table recovery under way: the tables hold every owned key."""
@@ -90,37 +112,72 @@ class ServingView:
                 client = self.wiring.sink.connection()
                 marks = await client.hmget(self.layout.serving_synced(), parts)
                 missing = [part for part, mark in zip(parts, marks) if mark is None]
-                if not missing:
-                    return []
-                await client.set(self.layout.serving_epoch(), secrets.token_hex(8), nx=True)
-                token = await client.get(self.layout.serving_epoch())
+                token = None
+                if missing:
+                    await client.set(self.layout.serving_epoch(), secrets.token_hex(8), nx=True)
+                    token = await client.get(self.layout.serving_epoch())
             except (RedisError, OSError) as exc:
                 log.debug("Serving view check skipped: Redis unavailable (%s)", exc)
                 return []
-            done = []
-            for part in missing:
-                generation = self.app.rebalancing_count
-                if not self.settled() or part not in self.parts():  # the partition moved while we worked
-                    break
-                try:
-                    started = asyncio.get_running_loop().time()
-                    count = await self.rewrite(part)
-                    if self.app.rebalancing_count != generation or not self.settled():
-                        raise ResyncAborted("a rebalance started during the rewrite")
-                    mark = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                    marked = await client.eval(MARK_IF_SAME_EPOCH, 2, self.layout.serving_epoch(),
-                                               self.layout.serving_synced(), token, part, mark)
-                except (ResyncAborted, RedisError, OSError) as exc:
-                    log.warning("Rewrite of %s in Redis stopped (%s); trying again at the next check", part, exc)
-                    break
-                finally:
-                    self.backlog = 0
-                if marked:
-                    self.rewritten += 1
-                    done.append(part)
-                    log.info("Redis had no %s: rewrote %d entries from the table in %.1f s", part, count,
-                             asyncio.get_running_loop().time() - started)
+            done = await self._rewrite_missing(client, missing, token)
+            if len(done) == len(missing):
+                await self._catch_up([part for part in parts if part not in self.caught_up])
             return done
+
+    async def _rewrite_missing(self, client, missing: list[str], token: bytes | None) -> list[str]:
+        done: list[str] = []
+        for part in missing:
+            generation = self.app.rebalancing_count
+            if not self.settled() or part not in self.parts():  # the partition moved while we worked
+                break
+            try:
+                started = asyncio.get_running_loop().time()
+                count = await self.rewrite(part)
+                if self.app.rebalancing_count != generation or not self.settled():
+                    raise ResyncAborted("a rebalance started during the rewrite")
+                mark = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                marked = await client.eval(MARK_IF_SAME_EPOCH, 2, self.layout.serving_epoch(),
+                                           self.layout.serving_synced(), token, part, mark)
+            except (ResyncAborted, RedisError, OSError) as exc:
+                log.warning("Rewrite of %s in Redis stopped (%s); trying again at the next check", part, exc)
+                break
+            finally:
+                self.backlog = 0
+            if marked:
+                self.rewritten += 1
+                self.caught_up.add(part)
+                done.append(part)
+                log.info("Redis had no %s: rewrote %d entries from the table in %.1f s", part, count,
+                         asyncio.get_running_loop().time() - started)
+        return done
+
+    async def _catch_up(self, parts: list[str]) -> None:
+        """Write again what Redis is behind the table on, in the parts this worker has just taken."""
+        for part in parts:
+            generation = self.app.rebalancing_count
+            if not self.settled() or part not in self.parts():
+                break
+            kind, _, partition = part.partition(":")
+            try:
+                started = asyncio.get_running_loop().time()
+                if kind == "profiles":
+                    count = await self._profiles(int(partition), only_behind=True)
+                    self.restaged += count
+                elif kind == "journeys":
+                    count = await self._journeys(int(partition))
+                else:  # the identity graph has no versions to compare; Redis losing data rewrites it
+                    count = 0
+                if self.app.rebalancing_count != generation or not self.settled():
+                    raise ResyncAborted("a rebalance started during the catch-up")
+            except (ResyncAborted, RedisError, OSError) as exc:
+                log.warning("Catch-up of %s in Redis stopped (%s); trying again at the next check", part, exc)
+                break
+            finally:
+                self.backlog = 0
+            self.caught_up.add(part)
+            if count and kind == "profiles":
+                log.info("Redis was behind the table on %d profiles of %s: wrote them again in %.1f s", count,
+                         part, asyncio.get_running_loop().time() - started)
 
     async def rewrite(self, part: str) -> int:
         kind, _, partition = part.partition(":")
@@ -143,17 +200,24 @@ class ServingView:
         sink = self.wiring.sink
         await self._flush(sink.flush, lambda: sink.stats.failed_flushes, "profiles", lambda: sink.stats.last_error)
 
-    async def _profiles(self, partition: int) -> int:
+    async def _profiles(self, partition: int, only_behind: bool = False) -> int:
+        """Stage every profile of the partition, or (``only_behind``) those whose Redis hash is
+        missing or holds an older ``version`` (read in one pipeline per chunk)."""
         wiring, sink = self.wiring, self.wiring.sink
         n = wiring.settings.partitions
         keys = [key for key in list(wiring.profiles.keys()) if partition_of(key, n) == partition]
         self.backlog = len(keys)
         written = 0
         for start in range(0, len(keys), self.chunk):
-            for key in keys[start:start + self.chunk]:
-                state = wiring.profiles.get(key)
-                if state is None or stitching.is_stub(state) or not state["events"]:
-                    continue
+            states = [wiring.profiles.get(key) for key in keys[start:start + self.chunk]]
+            states = [s for s in states if s is not None and not stitching.is_stub(s) and s["events"]]
+            if only_behind and states:
+                pipe = sink.connection().pipeline(transaction=False)
+                for state in states:
+                    pipe.hget(self.layout.profile(state["customer_id"]), "version")
+                held = await pipe.execute()
+                states = [s for s, version in zip(states, held) if behind(version, s["version"])]
+            for state in states:
                 profile = render_profile(state)
                 sink.stage(profile["customer_id"], profile["version"], redis_fields(profile, orjson.dumps(profile)))
                 for scope, segment in sorted((state.get("segments") or {}).items()):
