@@ -21,6 +21,8 @@ from streams.admin import ensure_topics
 from streams.throughput import run_scale, proc_cpu
 from streams.commands import Worker, worker_env
 
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
 n = int(sys.argv[1])
 broker, rs = Tansu().start(), RedisServer().start()
 workdir = Path(tempfile.mkdtemp(prefix="catchup-"))
