@@ -26,8 +26,8 @@ from kafka import KafkaConsumer, TopicPartition
 from streams.admin import ensure_topics
 from streams.commands import Worker, worker_env
 from streams.local import RedisServer, Tansu
-from streams.settings import load_settings
-from streams.throughput import drive_latency
+from streams.settings import settings_from_env
+from streams.throughput import drive_latency, embedded_env
 from streams.topics import TopicNames
 
 
@@ -92,22 +92,9 @@ def main(argv: list[str]) -> int:
     extra = dict(item.split("=", 1) for item in argv[2:])
     broker, redis_server = Tansu().start(), RedisServer().start()
     workdir = Path(tempfile.mkdtemp(prefix="omniprofile-stages-"))
-    env = {
-        "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "OMNIPROFILE_REDIS_URL": redis_server.url,
-        "OMNIPROFILE_TOPIC_PREFIX": "stages.",
-        "OMNIPROFILE_APP_ID": "stages",
-        "OMNIPROFILE_REDIS_KEY_PREFIX": "stages:",
-        "OMNIPROFILE_PARTITIONS": "4",
-        "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-        "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # as the bench and the tests
-        "OMNIPROFILE_WEB_PORT": "0",
-        "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
-        "OMNIPROFILE_LOG_LEVEL": "info",
-        "OMNIPROFILE_DATA_DIR": str(workdir / "data"),
-        **extra,
-    }
-    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+    env = {**embedded_env(broker.bootstrap, redis_server.url, "stages."),
+           "OMNIPROFILE_DATA_DIR": str(workdir / "data"), **extra}
+    settings = settings_from_env(env)
     names = TopicNames(settings.topic_prefix)
     ensure_topics(settings, names.public + (names.by_customer,))
     worker = Worker(worker_env(env), workdir / "worker.log")

@@ -8,6 +8,7 @@ and how to fix it (:class:`ConfigError`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import Literal
@@ -203,6 +204,15 @@ class Settings(BaseSettings):
                 f"OMNIPROFILE_KAFKA_SSL_CAFILE={self.kafka_ssl_cafile} is not a readable file; "
                 "point it at the CA certificate (PEM) of the Kafka cluster"
             )
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """The settings that ``OMNIPROFILE_*`` variables in ``env`` (a worker's environment) give.
+
+    >>> settings_from_env({"OMNIPROFILE_PARTITIONS": "8"}).partitions
+    8
+    """
+    return load_settings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -233,9 +233,9 @@ def run_worker(settings_env: dict[str, str], events: int, workdir: Path, name: s
     """Start ``workers`` omniprofile workers on pre-published events; time them from the first update."""
     from streams.admin import OutputFollower
     from streams.commands import Worker, worker_env
-    from streams.settings import load_settings
+    from streams.settings import settings_from_env
 
-    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in settings_env.items()})
+    settings = settings_from_env(settings_env)
     procs = []
     for i in range(workers):
         env = dict(settings_env, OMNIPROFILE_DATA_DIR=str(workdir / f"{name}-data-{i}"),
@@ -278,9 +278,9 @@ def run_latency(settings_env: dict[str, str], rates: list[float], seconds: float
     this driver, from the first event sent until the last update arrived.
     """
     from streams.commands import Worker, worker_env
-    from streams.settings import load_settings
+    from streams.settings import settings_from_env
 
-    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in settings_env.items()})
+    settings = settings_from_env(settings_env)
     worker = Worker(worker_env(dict(settings_env, OMNIPROFILE_DATA_DIR=str(workdir / "latency-data"))),
                     workdir / "omniprofile-latency.log")
     try:
@@ -384,6 +384,12 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def scale_env(settings_env: dict[str, str], workdir: Path) -> dict[str, str]:
+    """The scale run's worker: the rocksdict table store, its data under ``workdir`` (a worker
+    started again with these settings recovers the same tables)."""
+    return dict(settings_env, OMNIPROFILE_TABLE_STORE="rocksdict://", OMNIPROFILE_DATA_DIR=str(workdir / "scale-data"))
+
+
 def run_scale(settings_env: dict[str, str], customers: int, workdir: Path, timeout: float) -> dict:
     """One worker on the rocksdict store takes one event from each of ``customers`` customers (in
     arrays of 1,000). Its RSS is read at every tenth of the way (``curve``) and once every customer
@@ -393,11 +399,10 @@ def run_scale(settings_env: dict[str, str], customers: int, workdir: Path, timeo
     from streams.admin import client_options, producer
     from streams.commands import Worker, worker_env
     from streams.console import Progress
-    from streams.settings import load_settings
+    from streams.settings import settings_from_env
 
-    env = dict(settings_env, OMNIPROFILE_TABLE_STORE="rocksdict://",
-               OMNIPROFILE_DATA_DIR=str(workdir / "scale-data"))
-    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+    env = scale_env(settings_env, workdir)
+    settings = settings_from_env(env)
     names = TopicNames(settings.topic_prefix)
     prod = producer(settings, max_request_size=8 * 1024 * 1024)
     progress = Progress("publishing one event per customer", customers)
@@ -498,12 +503,30 @@ CONTENDERS = ("raw", "naive", "single", "latency", "batched", "two", "scale")
 DEFAULT_CONTENDERS = ("raw", "naive", "single", "latency", "batched")
 
 
+def embedded_env(bootstrap: str, redis_url: str, prefix: str, partitions: int = 4) -> dict[str, str]:
+    """A worker's settings on the embedded broker and Redis, under its own topic and key prefix
+    (the bench and the measurement scripts in ``scripts/``)."""
+    return {
+        "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "OMNIPROFILE_REDIS_URL": redis_url,
+        "OMNIPROFILE_TOPIC_PREFIX": prefix,
+        "OMNIPROFILE_APP_ID": f"bench-{prefix.rstrip('.')}",
+        "OMNIPROFILE_REDIS_KEY_PREFIX": prefix.replace(".", ":"),
+        "OMNIPROFILE_PARTITIONS": str(partitions),
+        "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
+        "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
+        "OMNIPROFILE_WEB_PORT": "0",  # several workers on one machine; the bench reads no metrics
+        "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
+        "OMNIPROFILE_LOG_LEVEL": "info",  # the bench waits for "Worker ready"
+    }
+
+
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from models.synthetic import generate
     from streams.admin import ensure_topics
     from streams.commands import default_start, interrupt_on_signals, publish_dataset
     from streams.local import RedisServer, Tansu
-    from streams.settings import load_settings
+    from streams.settings import settings_from_env
 
     interrupt_on_signals()  # a SIGTERM, too, stops the broker, Redis and workers started below
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
@@ -524,21 +547,8 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
             overrides["OMNIPROFILE_" + name.upper().removeprefix("OMNIPROFILE_")] = value
 
         def stack(prefix: str, batch: int, publish: bool = True) -> dict[str, str]:
-            env = {
-                "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-                "OMNIPROFILE_REDIS_URL": redis_server.url,
-                "OMNIPROFILE_TOPIC_PREFIX": prefix,
-                "OMNIPROFILE_APP_ID": f"bench-{prefix.rstrip('.')}",
-                "OMNIPROFILE_REDIS_KEY_PREFIX": prefix.replace(".", ":"),
-                "OMNIPROFILE_PARTITIONS": str(args.partitions),
-                "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-                "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
-                "OMNIPROFILE_WEB_PORT": "0",  # several workers on one machine; the bench reads no metrics
-                "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
-                "OMNIPROFILE_LOG_LEVEL": "info",  # the bench waits for "Worker ready"
-                **overrides,
-            }
-            settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+            env = {**embedded_env(broker.bootstrap, redis_server.url, prefix, args.partitions), **overrides}
+            settings = settings_from_env(env)
             names = TopicNames(prefix)
             ensure_topics(settings, names.public + (names.by_customer,))
             if publish:

@@ -15,7 +15,7 @@ import pytest
 from streams.admin import ensure_topics
 from streams.commands import Worker, worker_env
 from streams.local import RedisServer, Tansu
-from streams.settings import Settings, load_settings
+from streams.settings import Settings, settings_from_env
 from streams.topics import TopicNames
 
 _stack_ids = itertools.count(1)
@@ -77,7 +77,7 @@ def make_stack(broker: Tansu, redis_server: RedisServer, tmp: Path, **extra: str
         "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
         **extra,
     }
-    settings = load_settings(**{k.removeprefix("OMNIPROFILE_").lower(): v for k, v in env.items()})
+    settings = settings_from_env(env)
     names = TopicNames(settings.topic_prefix)
     ensure_topics(settings, names.public + (names.by_customer,))
     stack = Stack(settings, env, tmp, worker=None, names=names)  # type: ignore[arg-type]
