@@ -186,6 +186,14 @@ class WorkerMetrics:
                                 "tables under way (streams.resync)", value=self.serving.backlog)
         yield CounterMetricFamily("omniprofile_redis_resyncs", "Parts of the serving view rewritten from the tables",
                                   value=self.serving.rewritten)
+        catch_ups = CounterMetricFamily("omniprofile_redis_catchups", "Profile partitions taken over and checked "
+                                        "against Redis, by how: scanned, or clean_handover (scan skipped)",
+                                        labels=["how"])
+        for how, count in sorted(self.serving.catch_ups.items()):
+            catch_ups.add_metric([how], count)
+        yield catch_ups
+        yield CounterMetricFamily("omniprofile_redis_restaged", "Profiles written again by catch-ups (Redis was "
+                                  "behind the table)", value=self.serving.restaged)
         yield CounterMetricFamily("omniprofile_rebalances", "Consumer group rebalances this worker took part in",
                                   value=int(getattr(self.app, "rebalancing_count", 0)))
         yield GaugeMetricFamily("omniprofile_assigned_partitions", "Partitions assigned to this worker (actives)",

@@ -87,6 +87,12 @@ class RedisLayout:
         """String: a random token set once per Redis data set; it vanishes when Redis loses its data."""
         return f"{self.prefix}serving-epoch"
 
+    def serving_clean(self) -> str:
+        """Hash part -> the part's table changelog offset when a worker stopped cleanly with every
+        write of the part in Redis (``profiles:3``); the next owner skips its catch-up when its
+        recovered table ends at the same offset (streams.resync)."""
+        return f"{self.prefix}serving-clean"
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -155,10 +161,15 @@ class RedisProfileSink:
     def full(self) -> bool:
         return len(self._pending) >= self.flush_max
 
+    @property
+    def empty(self) -> bool:
+        """Nothing staged: every profile, move and delete handed to the sink reached Redis."""
+        return not self._pending and not self._moves and not self._deletes
+
     async def flush(self) -> int:
         """Write everything staged; return how many hashes were written."""
         async with self._lock:
-            if not self._pending and not self._moves and not self._deletes:
+            if self.empty:
                 return 0
             batch, self._pending = self._pending, {}
             moves, self._moves = self._moves, []

@@ -420,35 +420,58 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
     """Profiles staged for Redis but not flushed when the worker is killed are on the table changelog
     and ``profiles.updates`` already (and their input offsets committed): the restarted worker must
     write them from its recovered table. The flush interval is stretched so that the kill falls
-    inside one: nothing reaches Redis but what the first serving-view check flushed."""
+    inside one: nothing reaches Redis but what the first serving-view check flushed.
+
+    Before that, a clean stop: the worker flushes everything staged and leaves a clean-handover mark
+    per partition, and the next start skips its catch-up scan; the table then changes, so those marks
+    must not spare the scan after the kill."""
     stack = next(scenario_stack(own_broker, own_redis, tmp_path, OMNIPROFILE_REDIS_FLUSH_INTERVAL_MS="60000"))
+    n = stack.settings.partitions
+    client = redis.Redis.from_url(stack.settings.redis_url)
     try:
-        client = redis.Redis.from_url(stack.settings.redis_url)
         deadline = time.monotonic() + 60
-        while client.hlen(f"{stack.settings.redis_key_prefix}serving-synced") < stack.settings.partitions:
+        while client.hlen(f"{stack.settings.redis_key_prefix}serving-synced") < n:
             assert time.monotonic() < deadline, "the worker's first serving-view check did not run"
             time.sleep(0.2)  # its rewrite of the empty tables flushes the sink: let it pass first
-        client.close()
-        sent = dataset(20, seed=25)
-        feeder = Feeder(stack, [keyed(s, e) for s, e in sent], 400)
-        feeder.start()
-        feeder.wait_sent()
-        drain(stack, len(sent))
+        before, sent = retag(dataset(8, seed=24), "pre-"), dataset(20, seed=25)
+        drained = feed_and_drain(stack, before, 0)
+        assert redis_behind(stack), "every profile reached Redis before the stop: the scenario tests nothing"
+        assert stack.worker.stop() == 0, stack.worker.tail()
+        marks = client.hgetall(f"{stack.settings.redis_key_prefix}serving-clean")
+        assert sorted(marks) == sorted(f"profiles:{p}".encode() for p in range(n)), (marks, stack.worker.tail())
+        assert not redis_behind(stack), "the clean stop left staged profiles unwritten"
+        stack.start_worker("worker-2.log")
+        deadline = time.monotonic() + 30
+        while (skipped := stack.worker.log_path.read_text().count("was handed over cleanly")) < n:
+            assert time.monotonic() < deadline, f"{skipped} of {n} partitions skipped their catch-up"
+            time.sleep(0.5)
+        assert "Redis was behind the table" not in stack.worker.log_path.read_text()
+
+        drained = feed_and_drain(stack, sent, drained)
         time.sleep(8.0)  # past a few offset commits: nothing is delivered again after the restart
         behind = redis_behind(stack)
         assert behind, "every profile reached Redis before the kill: the scenario tests nothing"
         stack.worker.proc.send_signal(signal.SIGKILL)
         stack.worker.stop()
         stack.env["OMNIPROFILE_REDIS_FLUSH_INTERVAL_MS"] = "200"
-        stack.start_worker("worker-2.log")
+        stack.start_worker("worker-3.log")
         deadline = time.monotonic() + 30
         while (left := redis_behind(stack)) and time.monotonic() < deadline:
             time.sleep(1.0)
         assert not left, f"{len(left)} of {len(behind)} profiles still behind in Redis, e.g. {left[:3]}"
-        verdict = judge(stack, sent)
+        verdict = judge(stack, before + sent)
         assert not verdict.problems, list(verdict.problems.items())[:5]
     finally:
+        client.close()
         stack.worker.stop()
+
+
+def feed_and_drain(stack: Stack, events: list[tuple[str, dict]], drained: int) -> int:
+    feeder = Feeder(stack, [keyed(s, e) for s, e in events], 400)
+    feeder.start()
+    feeder.wait_sent()
+    drain(stack, drained + len(events))
+    return drained + len(events)
 
 
 def test_two_workers_one_killed(stack, intensity):

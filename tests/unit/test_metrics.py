@@ -64,7 +64,7 @@ def fake_worker(lag_committed: dict, ends: dict):
                              stats=WorkerStats(events_valid=Counter({"clickstream": 6}),
                                                dead_letters=Counter({"invalid_json": 1})),
                              settings=SimpleNamespace(stall_seconds=60))
-    serving = SimpleNamespace(backlog=5, rewritten=2)
+    serving = SimpleNamespace(backlog=5, rewritten=2, restaged=7, catch_ups={"scanned": 3, "clean_handover": 1})
     learner = SimpleNamespace(core=SimpleNamespace(replays_skipped=6))
     return WorkerMetrics(app, wiring, serving, learner)
 
@@ -91,6 +91,8 @@ def test_collector_reports_lag_from_end_minus_committed():
     assert m["omniprofile_dead_letters_total"] == [({"reason": "invalid_json"}, 1.0)]
     assert ({"sink": "profiles"}, 1.0) in m["omniprofile_redis_errors_total"]
     assert m["omniprofile_redis_resync_backlog"] == [({}, 5.0)]
+    assert m["omniprofile_redis_catchups_total"] == [({"how": "clean_handover"}, 1.0), ({"how": "scanned"}, 3.0)]
+    assert m["omniprofile_redis_restaged_total"] == [({}, 7.0)]
     assert m["omniprofile_rebalances_total"] == [({}, 3.0)]
     assert m["omniprofile_commits_held_total"] == [({}, 4.0)]
     assert m["omniprofile_reseeks_total"] == [({}, 2.0)]
