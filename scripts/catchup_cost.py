@@ -1,8 +1,11 @@
-"""The cost of the serving view's catch-up at a worker start (docs/reliability.md).
+"""The cost of the serving view's catch-up at a worker start, and what a clean handover saves
+(docs/reliability.md).
 
 One worker on the rocksdict store takes one event from each of N customers (the scale run of
-``bench throughput``); then 1% of the profile hashes are deleted from Redis and a worker is started
-again on the same data: it must find and write them again. Prints the start, the catch-up time per
+``bench throughput``) and stops cleanly, leaving its clean-handover marks. A worker started again on
+the same data should skip the scan of every partition. Then the marks and 1% of the profile hashes
+are deleted from Redis (what a ``kill -9`` leaves: no mark that matches, profiles it had not flushed),
+and a third worker must find and write those hashes again. Prints each start, the catch-up time per
 partition (from the worker's log) and the worker's CPU seconds.
 
     .venv/bin/python scripts/catchup_cost.py N
@@ -10,6 +13,7 @@ partition (from the worker's log) and the worker's CPU seconds.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import time
@@ -25,7 +29,8 @@ from streams.sinks import RedisLayout
 from streams.throughput import embedded_env, proc_cpu, run_scale, scale_env
 from streams.topics import TopicNames
 
-CAUGHT_UP = "Redis was behind the table on"  # streams.resync logs it per partition caught up
+CAUGHT_UP = "Redis was behind the table on"  # streams.resync logs these per partition caught up
+HANDED_OVER = "was handed over cleanly"
 
 
 def main(argv: list[str]) -> int:
@@ -44,30 +49,40 @@ def main(argv: list[str]) -> int:
         print("scale run:", {k: v for k, v in scale.items() if k != "curve"})
         time.sleep(3)  # the last Redis flush of the stopped worker
         layout = RedisLayout(settings.redis_key_prefix)
-        gone = [layout.profile(f"s-{i}") for i in range(0, customers, 100)]
         client = redis.Redis.from_url(redis_server.url)
-        client.delete(*gone)
-        print(f"deleted {len(gone):,} profile hashes")
-        worker = Worker(worker_env(scale_env(env, workdir)), workdir / "restart.log")
         try:
-            started = time.perf_counter()
-            worker.wait_ready(300)
-            print(f"ready in {time.perf_counter() - started:.1f} s, worker CPU {proc_cpu(worker.proc.pid):.1f} s")
-            deadline = time.monotonic() + 300
-            while worker.log_path.read_text().count(CAUGHT_UP) < settings.partitions and time.monotonic() < deadline:
-                time.sleep(1)
-            print(f"caught up after {time.perf_counter() - started:.1f} s, worker CPU {proc_cpu(worker.proc.pid):.1f} s")
-            for line in worker.log_path.read_text().splitlines():
-                if CAUGHT_UP in line:
-                    print(line[line.index(CAUGHT_UP):])
-            print("still missing:", sum(1 for key in gone if not client.exists(key)))
+            print(f"clean-handover marks left by the scale run's worker: {client.hlen(layout.serving_clean())}")
+            restart(env, workdir, "clean.log", HANDED_OVER, settings.partitions)
+            gone = [layout.profile(f"s-{i}") for i in range(0, customers, 100)]
+            client.delete(*gone, layout.serving_clean())
+            print(f"deleted the marks and {len(gone):,} profile hashes")
+            restart(env, workdir, "scan.log", CAUGHT_UP, settings.partitions)
+            print("still missing:", sum(1 for key in gone if client.exists(key) == 0))
         finally:
-            worker.stop()
             client.close()
     finally:
         broker.stop()
         redis_server.stop()
     return 0
+
+
+def restart(env: dict[str, str], workdir: Path, log_name: str, done: str, partitions: int) -> None:
+    """Start a worker on the scale run's data, wait until ``done`` is logged for every partition, stop it."""
+    worker = Worker(worker_env(scale_env(env, workdir)), workdir / log_name)
+    try:
+        started = time.perf_counter()
+        worker.wait_ready(300)
+        print(f"{log_name}: ready in {time.perf_counter() - started:.1f} s, worker CPU {proc_cpu(worker.proc.pid):.1f} s")
+        deadline = time.monotonic() + 300
+        while worker.log_path.read_text().count(done) < partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"{log_name}: caught up after {time.perf_counter() - started:.1f} s, "
+              f"worker CPU {proc_cpu(worker.proc.pid):.1f} s")
+        for line in worker.log_path.read_text().splitlines():
+            if done in line:
+                print("  ", re.search(rf"(profiles:\d+ )?{done}.*", line).group(0))
+    finally:
+        worker.stop()
 
 
 if __name__ == "__main__":

@@ -397,12 +397,19 @@ async def absorb(
 
 
 async def forget(wiring: Wiring, key: bytes, held: dict | None) -> None:
-    """Erasure: the profile leaves the table (a changelog tombstone), the topic and Redis."""
+    """Erasure: the profile leaves Redis, then the table (a changelog tombstone) and the topic.
+
+    Redis first, flushed at once: once the table has no trace of the profile, nothing could find
+    its hash again (a catch-up only compares what the table holds), so a worker killed between a
+    table delete and the next timed flush would leave the person in the serving view for good. A
+    failed flush keeps the delete staged like any other write (lost only if the worker is killed
+    before Redis is back)."""
+    segments = held.get("segments", {}) if held is not None and not stitching.is_stub(held) else {}
+    wiring.sink.stage_delete(key.decode(), segments)
+    await wiring.sink.flush()
     if held is not None:
         del wiring.profiles[key]
-    segments = held.get("segments", {}) if held is not None and not stitching.is_stub(held) else {}
     await wiring.updates_topic.send(key=key, value=None)
-    wiring.sink.stage_delete(key.decode(), segments)
 
 
 async def forward_from_stub(wiring: Wiring, key: bytes, stub: dict, message: object, raw: bytes) -> None:

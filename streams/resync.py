@@ -89,6 +89,37 @@ def clean_handover(mark: bytes | str | None, recovered: int | None) -> bool:
     return mark is not None and recovered is not None and int(mark) == recovered
 
 
+def memberships(profile_json: bytes | str) -> dict[str, str]:
+    """The segment of each scope in a profile's JSON as Redis holds it (``{}`` if unreadable).
+
+    >>> memberships(b'{"customer_id": "c-1", "segments": {"all": "all-2", "web": "web-0"}}')
+    {'all': 'all-2', 'web': 'web-0'}
+    >>> memberships(b'not json')
+    {}
+    """
+    try:
+        segments = orjson.loads(profile_json).get("segments")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in segments.items() if v is not None} if isinstance(segments, dict) else {}
+
+
+def memberships_to_write(segments: dict[str, str], known: dict[str, list[str]]) -> list[tuple[str, str, str | None]]:
+    """(scope, segment, old) moves that put a customer in its segment of each scope and take it out
+    of every other segment Redis knows for that scope (``old`` None: only the add).
+
+    >>> memberships_to_write({"all": "all-1"}, {"all": ["all-0", "all-1", "all-2"]})
+    [('all', 'all-1', 'all-0'), ('all', 'all-1', 'all-2')]
+    >>> memberships_to_write({"all": "all-1", "web": "web-0"}, {})
+    [('all', 'all-1', None), ('web', 'web-0', None)]
+    """
+    moves: list[tuple[str, str, str | None]] = []
+    for scope, segment in sorted(segments.items()):
+        others = [name for name in known.get(scope, []) if name != segment]
+        moves += [(scope, segment, old) for old in others] or [(scope, segment, None)]
+    return moves
+
+
 def behind(in_redis: bytes | str | None, version: int) -> bool:
     """Whether a profile hash whose ``version`` field reads ``in_redis`` (None: no hash) is older than
     the table's ``version``."""
@@ -112,6 +143,7 @@ class ServingView:
         self.caught_up: set[str] = set()  # parts checked against Redis since this worker took them
         self.restaged = 0  # profiles written again by catch-ups since the start (Redis was behind)
         self.catch_ups = {"scanned": 0, "clean_handover": 0}  # profile parts caught up, by how
+        self.deleted = 0  # hashes of merged-away profiles deleted by catch-ups (their delete was lost)
         self._lock = asyncio.Lock()
 
     def assigned(self) -> None:
@@ -288,31 +320,55 @@ class ServingView:
 
     async def _profiles(self, partition: int, only_behind: bool = False) -> int:
         """Stage every profile of the partition, or (``only_behind``) those whose Redis hash is
-        missing or holds an older ``version`` (read in one pipeline per chunk)."""
+        missing or holds an older ``version`` (read in one pipeline per chunk).
+
+        ``only_behind`` also repairs what else a lost flush leaves: a profile written again leaves
+        the other segment sets of each scope (a lost move left it in its old one too), and the hash
+        of a profile merged away (a stub in the table) is deleted with its memberships."""
         wiring, sink = self.wiring, self.wiring.sink
         n = wiring.settings.partitions
         keys = [key for key in list(wiring.profiles.keys()) if partition_of(key, n) == partition]
         self.backlog = len(keys)
         written = 0
         for start in range(0, len(keys), self.chunk):
-            states = [wiring.profiles.get(key) for key in keys[start:start + self.chunk]]
-            states = [s for s in states if s is not None and not stitching.is_stub(s) and s["events"]]
-            if only_behind and states:
+            items = [(key, wiring.profiles.get(key)) for key in keys[start:start + self.chunk]]
+            states = [s for _, s in items if s is not None and not stitching.is_stub(s) and s["events"]]
+            known: dict[str, list[str]] = {}
+            if only_behind and items:
+                stubs = [key.decode() for key, s in items if stitching.is_stub(s)]
                 pipe = sink.connection().pipeline(transaction=False)
                 for state in states:
                     pipe.hget(self.layout.profile(state["customer_id"]), "version")
+                for customer_id in stubs:
+                    pipe.hget(self.layout.profile(customer_id), "json")
                 held = await pipe.execute()
+                for customer_id, left in zip(stubs, held[len(states):]):
+                    if left is not None:  # merged away, and the delete never reached Redis
+                        sink.stage_delete(customer_id, memberships(left))
+                        self.deleted += 1
                 states = [s for s, version in zip(states, held) if behind(version, s["version"])]
+                known = await self._segments_known({scope for s in states for scope in s.get("segments") or {}})
             for state in states:
                 profile = render_profile(state)
                 sink.stage(profile["customer_id"], profile["version"], redis_fields(profile, orjson.dumps(profile)))
-                for scope, segment in sorted((state.get("segments") or {}).items()):
-                    sink.stage_move(profile["customer_id"], scope, None, segment)
+                for scope, segment, old in memberships_to_write(state.get("segments") or {}, known):
+                    sink.stage_move(profile["customer_id"], scope, old, segment)
                 written += 1
             await self._flush_profiles()
             self.backlog = max(0, len(keys) - start - self.chunk)
             await asyncio.sleep(0)
         return written
+
+    async def _segments_known(self, scopes: set[str]) -> dict[str, list[str]]:
+        """The segments Redis has a size for, per scope (every segment a customer can be in)."""
+        if not scopes:
+            return {}
+        pipe = self.wiring.sink.connection().pipeline(transaction=False)
+        ordered = sorted(scopes)
+        for scope in ordered:
+            pipe.hkeys(self.layout.segment_sizes(scope))
+        names = await pipe.execute()
+        return {scope: sorted(n.decode() for n in found) for scope, found in zip(ordered, names)}
 
     async def _journeys(self, partition: int) -> int:
         wiring, sink = self.wiring, self.wiring.journey_sink

@@ -127,6 +127,25 @@ def test_catch_up_writes_only_what_redis_is_behind_on(redis_server, layout, clie
     assert hget_calls(client) == calls
 
 
+def test_the_scan_also_mends_segment_sets_and_deletes_a_merged_profile_left_behind(redis_server, layout, client):
+    # What a worker killed with this flush staged leaves: a moved from all-0 to all-1 at version 2 (the
+    # hash and the sets still at version 1), and e merged into a (its stub in the table, its hash and
+    # membership still in Redis).
+    table = {b"a": {**state("a", 2), "segments": {"all": "all-1"}}, b"e": {"merged_into": "a", "ts": 0}}
+    client.hset(layout.profile("a"), mapping={"version": 1, "json": b'{"segments": {"all": "all-0"}}'})
+    client.hset(layout.profile("e"), mapping={"version": 4, "json": b'{"segments": {"all": "all-0"}}'})
+    client.sadd(layout.segment("all", "all-0"), "a", "e")
+    client.hset(layout.segment_sizes("all"), mapping={"all-0": 2, "all-1": 0})
+    synced(client, layout, "profiles:0")
+    view = serving_view(redis_server, layout, table, {0})
+    run(view, view.check())
+    assert versions(client, layout, "a", "e") == {"a": 2, "e": None}
+    assert client.smembers(layout.segment("all", "all-0")) == set()
+    assert client.smembers(layout.segment("all", "all-1")) == {b"a"}
+    assert client.hgetall(layout.segment_sizes("all")) == {b"all-0": b"0", b"all-1": b"1"}
+    assert view.restaged == 1 and view.deleted == 1
+
+
 def test_a_partition_given_away_and_back_is_caught_up_again(redis_server, layout, client):
     table = {b"a": state("a", 3)}
     owned = {0}
@@ -183,3 +202,34 @@ def test_a_clean_stop_whose_flush_fails_marks_nothing(redis_server, layout, clie
     assert run(view, view.mark_clean()) == []
     assert client.hgetall(layout.serving_clean()) == {}
     assert view.wiring.sink.pending == 1  # kept for a later flush, as any failed flush does
+
+
+def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
+    """Once the table has no trace of an erased profile no catch-up can find its hash, so the delete
+    must reach Redis before the table delete, not at the next timed flush."""
+    from streams.agents import forget
+
+    class Topic:
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes, bytes | None]] = []
+
+        async def send(self, key: bytes, value: bytes | None) -> None:
+            self.sent.append((key, value))
+
+    sink = RedisProfileSink(redis_server.url, layout)
+    wiring = SimpleNamespace(profiles={b"c-9": {**state("c-9", 3), "segments": {"all": "all-2"}}}, sink=sink,
+                             updates_topic=Topic())
+    client.hset(layout.profile("c-9"), mapping={"version": 3, "email": "bo@example.com"})
+    client.sadd(layout.segment("all", "all-2"), "c-9", "c-1")
+
+    async def erase() -> None:
+        try:
+            await forget(wiring, b"c-9", wiring.profiles[b"c-9"])
+            # no flush here: what forget() itself wrote
+            assert client.exists(layout.profile("c-9")) == 0
+            assert client.smembers(layout.segment("all", "all-2")) == {b"c-1"}
+        finally:
+            await sink.close()
+
+    asyncio.run(erase())
+    assert wiring.profiles == {} and wiring.updates_topic.sent == [(b"c-9", None)]
