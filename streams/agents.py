@@ -762,6 +762,15 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         # Partitions just taken over: write again what a killed owner had staged and not flushed.
         await serving.check()
 
+    @app.on_partitions_revoked.connect
+    async def mark_given_parts_clean(sender: faust.App, revoked: set, **kwargs: object) -> None:
+        # Inside the rebalance, where an exception crashes the worker (faust): the marks only spare
+        # the next owner a scan, so nothing here may fail the rebalance or hold it past 2 s.
+        try:
+            await serving.mark_clean(revoked, timeout=2.0)
+        except Exception:  # noqa: BLE001 - an optimisation must not take the worker down
+            log.exception("Leaving clean-handover marks failed; the next owners will scan")
+
     @app.on_partitions_assigned.connect
     async def forget_caught_up_parts(sender: faust.App, assigned: object, **kwargs: object) -> None:
         serving.assigned()

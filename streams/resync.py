@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 
 import faust
@@ -264,20 +264,28 @@ class ServingView:
                  recovered)
         return True
 
-    async def mark_clean(self) -> list[str]:
-        """At a clean stop (the consumer stopped, the streams idle): flush the producer, read where
-        each caught-up profile partition's changelog ends, flush the profile sink, and if nothing is
-        left staged, mark those parts clean at those offsets. Returns the parts marked; any failure
-        marks nothing (the next owner then scans, as after a crash)."""
-        partitions = sorted(int(part.partition(":")[2]) for part in self.caught_up & set(self.parts())
-                            if part.startswith("profiles:"))
+    async def mark_clean(self, revoked: Iterable[TP] | None = None, timeout: float = 10.0) -> list[str]:
+        """When this worker gives partitions up with its streams idle (a clean stop: the consumer
+        stopped; a rebalance: faust has waited for the streams and flushed the producer before its
+        ``on_partitions_revoked`` signal): flush the producer, read where the changelog of each
+        profile partition given up (``revoked``; None: all it serves) that it had caught up ends,
+        flush the profile sink, and if nothing is left staged, mark those parts clean at those
+        offsets. Returns the parts marked; any failure marks nothing (the next owner then scans, as
+        after a crash). A table write after the offsets were read moves the changelog's end past
+        the mark, so it can only cost a scan, never skip one that was needed."""
+        if revoked is None:
+            given = self.caught_up & set(self.parts())
+        else:
+            given = self.caught_up & {f"profiles:{tp.partition}" for tp in revoked
+                                      if tp.topic == self.wiring.names.by_customer}
+        partitions = sorted(int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
         if not partitions:
             return []
         sink = self.wiring.sink
         try:
             await self.app.producer.flush()
             tps = [self._changelog(p) for p in partitions]
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=10.0)
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=timeout)
             failures = sink.stats.failed_flushes
             await sink.flush()
             if sink.stats.failed_flushes != failures or not sink.empty:

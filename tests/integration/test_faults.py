@@ -730,9 +730,20 @@ def test_scale_one_two_one_under_load(stack, intensity):
     feeder.wait_until(0.25)
     second = Worker(worker_env(stack.env), stack.datadir / "worker-b.log")
     second.wait_ready()
+    # Each handover is clean (the giving worker's streams idle, its writes flushed): the taking worker
+    # trusts Redis instead of scanning its new partitions, both ways; the oracle below judges Redis.
+    wait_logged(second, "was handed over cleanly", 30)
     feeder.wait_until(0.6)
     assert second.stop() == 0, second.tail()
+    wait_logged(stack.worker, "was handed over cleanly", 30)
     finish(stack, feeder, sent, figures, started)
+
+
+def wait_logged(worker: Worker, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_path.read_text():
+        assert time.monotonic() < deadline, f"not logged in {timeout:.0f} s: {text!r}\n{worker.tail()}"
+        time.sleep(0.2)
 
 
 def updates_count(stack: Stack) -> int:
