@@ -327,13 +327,27 @@ def drain(stack: Stack, total: int, alive: Callable[[], bool] | None = None, tim
         deadline = time.monotonic() + timeout
         while follower.events_applied < total:
             assert (alive or (lambda: stack.worker.proc.poll() is None))(), stack.worker.tail()
-            assert time.monotonic() < deadline, f"only {follower.events_applied} of {total} events applied"
+            if time.monotonic() >= deadline:
+                pytest.fail(f"only {follower.events_applied} of {total} events applied\n{stall_diagnosis(stack)}")
             follower.poll(500)
         reached = follower.last_update_ms / 1000
         time.sleep(2.0)  # the last Redis flush and changelog writes
         return reached
     finally:
         follower.close()
+
+
+def stall_diagnosis(stack: Stack) -> str:
+    """What a stalled scenario's failure should show: the profiles holding events for a merge (and
+    what they wait for) as the table changelog has them, and the worker's last warnings."""
+    tables = {k: orjson.loads(v) for k, v in profiles_changelog(stack).items() if v is not None}
+    holds = [f"  {key} waits for {state['pending']['from']} since {state['pending']['since']}, holding "
+             f"{[r.get('event_id') for r in state['pending']['held']][:5]}"
+             for key, state in sorted(tables.items()) if state.get("pending")]
+    lines = stack.worker.log_path.read_text(errors="replace").splitlines()
+    warnings = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line][-15:]
+    return "\n".join(["merge holds in the table:", *(holds or ["  none"]),
+                      "last warnings of the worker:", *(warnings or ["  none"])])
 
 
 def finish(stack: Stack, feeder: Feeder, sent: list[tuple[str, dict]], figures: Figures, started: float) -> None:
