@@ -92,7 +92,7 @@ class Resolver:
             batches.setdefault(canonical, []).append(record)
         await send_batches(self.wiring, batches)
 
-    def _write(self, changes: dict[str, object]) -> None:
+    def _write(self, changes: dict[str, object], stage: bool = True) -> None:
         for key, value in changes.items():
             raw = key.encode()
             if value is None:
@@ -100,6 +100,11 @@ class Resolver:
                     del self.table[raw]
             else:
                 self.table[raw] = value
+        if stage:
+            self._stage(changes)
+
+    def _stage(self, changes: dict[str, object]) -> None:
+        for key, value in changes.items():
             kind, _, name = key.partition("|")
             if kind == "i":
                 self.sink.stage_id(name, value)  # type: ignore[arg-type]
@@ -144,11 +149,17 @@ class Resolver:
         ident = request["identifier"]
         graph, ids, groups = store_graph(self._get)
         canonical, members = erase(graph, ident)
-        self._write(store_changes(ids, groups))
-        for member in members:
-            digest = self.digest(member)
-            self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
+        changes = store_changes(ids, groups)
+        digests = [self.digest(member) for member in members]
+        # Redis first, flushed at once: once the table has forgotten the person, a request read
+        # again after a crash finds nothing to delete, and nothing else would find these entries.
+        self._stage(changes)
+        for digest in digests:
             self.sink.stage_suppressed(digest)
+        await self.sink.flush()
+        self._write(changes, stage=False)
+        for digest in digests:
+            self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
         keys = sorted({canonical_key(m) for m in members} | ({canonical} if canonical else set()))
         for key in keys:
             await send_by_customer(self.wiring, key.encode(), orjson.dumps({"op": "forget"}))

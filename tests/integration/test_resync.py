@@ -233,3 +233,44 @@ def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
 
     asyncio.run(erase())
     assert wiring.profiles == {} and wiring.updates_topic.sent == [(b"c-9", None)]
+
+
+def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_server, layout, client):
+    """A request read again after a crash finds nothing left in the table to delete, so the Redis
+    copy of the person's identifiers must be gone before the table forgets them."""
+    from pydantic import SecretStr
+
+    from models.identity import SUPPRESSED_PREFIX, link, parse_identifier, store_changes, store_graph
+    from streams.resolver import Resolver
+    from streams.sinks import RedisIdentitySink
+
+    class Topic:
+        async def send(self, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+            pass
+
+    sink = RedisIdentitySink(redis_server.url, layout)
+    settings = SimpleNamespace(blocked_values=frozenset(), identity_max_identifiers=50, partitions=1,
+                               hash_key=SecretStr("k" * 32))
+    wiring = SimpleNamespace(identity={}, identity_sink=sink, settings=settings, by_customer_topic=Topic(),
+                             identity_topic=Topic(), audit_topic=Topic())
+    resolver = Resolver(wiring)  # type: ignore[arg-type]
+    person = [parse_identifier("c-9"), "email:9f0e", "device:d-1"]
+
+    async def scenario() -> None:
+        try:
+            graph, ids, groups = store_graph(resolver._get)
+            link(graph, person, 1_700_000_000_000)
+            resolver._write(store_changes(ids, groups))
+            await sink.flush()
+            assert client.get(layout.identity("email:9f0e")) is not None  # the graph's copy is there
+            await resolver.erase({"identifier": parse_identifier("c-9"), "request_id": "r-1"})
+            # no flush here: what erase() itself wrote
+            assert [client.get(layout.identity(i)) for i in person] == [None, None, None]
+            assert client.keys(layout.identity_group("*")) == []
+            assert client.scard(layout.suppressed()) == 3
+        finally:
+            await sink.close()
+
+    asyncio.run(scenario())
+    # The table forgot the graph too and keeps only the three suppressions.
+    assert sorted(k.decode().split(SUPPRESSED_PREFIX)[0] for k in wiring.identity) == ["", "", ""]
