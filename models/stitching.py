@@ -147,12 +147,16 @@ def absorb(
     if other is not None and already_absorbed(held, message["from"]):
         other = None  # a replayed handover: its history is in already (its held events dedup)
     result = Absorbed(state, [], bool(waiting), other is not None)
+    mark = absorbed_mark(message["from"])
     if other is not None:
         result.state = merge_states(state, other, dedup_window)
-        mark = absorbed_mark(message["from"])
         if dedup_window:
             result.state["seen"] = [*result.state["seen"], mark][-dedup_window:]
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
+    elif dedup_window and not already_absorbed(held, message["from"]):
+        # A profile without events handed over nothing, but it is merged in all the same: a
+        # replayed ``expect`` must not open a hold that no handover will ever end.
+        result.state["seen"] = [*result.state.get("seen", []), mark][-dedup_window:]
     if waiting:
         result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}
     else:

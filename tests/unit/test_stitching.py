@@ -106,6 +106,20 @@ def test_a_replayed_expect_and_handover_count_the_absorbed_history_once(ref):
     assert final["merged_from"] == ["anon:x"]
 
 
+def test_a_replayed_expect_of_a_profile_that_had_no_events_opens_no_hold(ref):
+    """An absorbed id without events hands over no history; its ``expect`` read again (a restarted
+    identity stage) must still be recognised, or the survivor holds every new event for a
+    handover that never comes (the absorbed key is a stub that ignores a second merge)."""
+    own = [ref.record("c0", "page_view", 500)]
+    survivor = expect(apply_events(None, "c-1", own).state, "c-1", "anon:x", now_ms=0)
+    done = absorb(survivor, handover("anon:x", None, cause="login"), now_ms=10)
+    assert not done.waiting and not done.merged and "pending" not in done.state
+    again = expect(done.state, "c-1", "anon:x", now_ms=20)
+    assert "pending" not in again
+    r = receive(again, [ref.record("new", "page_view", 3_000)], now_ms=21, wait_ms=WAIT)
+    assert not r.waiting and [x["event_id"] for x in r.records] == ["new"]
+
+
 def test_a_replay_is_recognised_past_the_cap_on_merged_from(ref):
     """merged_from keeps the first MAX_MERGED_FROM ids; later ones are recognised by their mark."""
     state = apply_events(None, "c-1", [ref.record("c0", "page_view", 1)]).state
