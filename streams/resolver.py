@@ -54,8 +54,11 @@ class Resolver:
         self.blocked = s.blocked_values
         self.max_identifiers = s.identity_max_identifiers
         self.hash_key = s.hash_key.get_secret_value().encode()
+        self._unwritten: dict[str, object] = {}  # graph changes of the message under way (None: delete)
 
     def _get(self, key: str) -> object:
+        if key in self._unwritten:
+            return self._unwritten[key]
         return self.table.get(key.encode())
 
     def digest(self, ident: str) -> str:
@@ -69,22 +72,36 @@ class Resolver:
         if "erase" in message:
             await self.erase(message["erase"])
             return
+        await self._resolve(message)
+
+    async def _resolve(self, message: dict) -> None:
         routed: list[tuple[str, dict]] = []
         renamed: dict[str, str] = {}
-        for record in message["records"]:
-            idents = event_identifiers(record, self.blocked)
-            if self.suppressed(idents):
-                # An erased person: the event is dropped and counted, never stored.
-                self.sink.count("suppressed_events")
-                continue
-            graph, ids, groups = store_graph(self._get)
-            result = link(graph, idents, record["ts"], self.max_identifiers)
-            self._write(store_changes(ids, groups))
-            for absorbed, survivor in result.merges:
-                await self._merge(absorbed, survivor, record)
-                renamed[absorbed] = survivor
-            await self._report(result, record)
-            routed.append((result.canonical, record))
+        # The message's graph changes reach Redis before the table: a message read again after a
+        # crash finds them in the table already and writes nothing, so Redis must not be the one
+        # behind (a failed flush keeps them staged, lost only if the worker dies before Redis is back).
+        self._unwritten = {}
+        try:
+            for record in message["records"]:
+                idents = event_identifiers(record, self.blocked)
+                if self.suppressed(idents):
+                    # An erased person: the event is dropped and counted, never stored.
+                    self.sink.count("suppressed_events")
+                    continue
+                graph, ids, groups = store_graph(self._get)
+                result = link(graph, idents, record["ts"], self.max_identifiers)
+                self._unwritten.update(store_changes(ids, groups))
+                for absorbed, survivor in result.merges:
+                    await self._merge(absorbed, survivor, record)
+                    renamed[absorbed] = survivor
+                await self._report(result, record)
+                routed.append((result.canonical, record))
+            if self._unwritten:
+                self._stage(self._unwritten)
+                await self.sink.flush()
+                self._write(self._unwritten, stage=False)
+        finally:
+            self._unwritten = {}
         batches: dict[str, list[dict]] = {}
         for canonical, record in routed:
             while canonical in renamed:  # merged by a later event of the same message

@@ -1,6 +1,7 @@
-"""The serving view's catch-up of partitions a worker takes over, and the clean-handover marks that
-spare it (streams.resync), against a real redis-server through the real profile sink. Faust's side
-(assignment, recovery, producer, consumer) is a stand-in: these tests are about what reaches Redis."""
+"""The serving view against a real redis-server, through the real sinks: the catch-up of partitions
+a worker takes over, the clean-handover marks that spare it, and the writes that must reach Redis
+before the table because no catch-up could find them afterwards (the identity graph, erasures).
+Faust's side (assignment, recovery, producer, consumer, topics) is a stand-in."""
 
 from __future__ import annotations
 
@@ -235,25 +236,70 @@ def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
     assert wiring.profiles == {} and wiring.updates_topic.sent == [(b"c-9", None)]
 
 
-def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_server, layout, client):
-    """A request read again after a crash finds nothing left in the table to delete, so the Redis
-    copy of the person's identifiers must be gone before the table forgets them."""
+class Topic:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, key: bytes | None = None, value: bytes | None = None, partition: int | None = None):
+        self.sent += 1
+        done = asyncio.get_running_loop().create_future()  # faust returns the delivery's future
+        done.set_result(None)
+        return done
+
+
+def resolver_on(redis_server, layout: RedisLayout, table: dict):
     from pydantic import SecretStr
 
-    from models.identity import SUPPRESSED_PREFIX, link, parse_identifier, store_changes, store_graph
     from streams.resolver import Resolver
     from streams.sinks import RedisIdentitySink
 
-    class Topic:
-        async def send(self, key: bytes, value: bytes | None, partition: int | None = None) -> None:
-            pass
-
-    sink = RedisIdentitySink(redis_server.url, layout)
     settings = SimpleNamespace(blocked_values=frozenset(), identity_max_identifiers=50, partitions=1,
-                               hash_key=SecretStr("k" * 32))
-    wiring = SimpleNamespace(identity={}, identity_sink=sink, settings=settings, by_customer_topic=Topic(),
-                             identity_topic=Topic(), audit_topic=Topic())
-    resolver = Resolver(wiring)  # type: ignore[arg-type]
+                               internal_message_bytes=1_000_000, hash_key=SecretStr("k" * 32))
+    wiring = SimpleNamespace(identity=table, identity_sink=RedisIdentitySink(redis_server.url, layout),
+                             settings=settings, by_customer_topic=Topic(), identity_topic=Topic(),
+                             audit_topic=Topic())
+    return Resolver(wiring)  # type: ignore[arg-type]
+
+
+def test_the_identity_graph_reaches_redis_before_the_table(redis_server, layout, client):
+    """A message read again after a crash finds its links in the table and writes nothing, so each
+    identity entry must be in Redis before the table holds it: the table here checks Redis at
+    every write of an identifier."""
+    import orjson
+
+    checked = []
+
+    class Table(dict):
+        def __setitem__(self, key: bytes, value: object) -> None:
+            if key.startswith(b"i|"):
+                assert client.get(layout.identity(key[2:].decode())) == str(value).encode(), key
+                checked.append(key)
+            super().__setitem__(key, value)
+
+    resolver = resolver_on(redis_server, layout, Table())
+    records = [{"event_id": f"e{i}", "ts": 1_700_000_000_000 + i, "source": "clickstream", "channel": "web",
+                "type": "page_view", "customer_id": cid, "anonymous_id": anon, "properties": {}}
+               for i, (cid, anon) in enumerate([(None, "a1"), ("c-9", "a1"), ("c-9", "a2"), (None, "a3")])]
+
+    async def scenario() -> None:
+        try:
+            await resolver.handle(orjson.dumps({"records": records}))
+        finally:
+            await resolver.sink.close()
+
+    asyncio.run(scenario())
+    # c-9 and its two anonymous ids are one person; a3 another (before the table held any of them).
+    assert len(checked) == 4 and {client.get(layout.identity(i)) for i in ("cid:c-9", "anon:a1", "anon:a2")} == {b"c-9"}
+    assert client.get(layout.identity("anon:a3")) is not None
+
+
+def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_server, layout, client):
+    """A request read again after a crash finds nothing left in the table to delete, so the Redis
+    copy of the person's identifiers must be gone before the table forgets them."""
+    from models.identity import SUPPRESSED_PREFIX, link, parse_identifier, store_changes, store_graph
+
+    resolver = resolver_on(redis_server, layout, {})
+    sink, wiring = resolver.sink, resolver.wiring
     person = [parse_identifier("c-9"), "email:9f0e", "device:d-1"]
 
     async def scenario() -> None:
