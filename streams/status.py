@@ -65,9 +65,13 @@ def format_status(url: str, health: dict, samples: dict) -> str:
     pending = dict(_by(samples, "omniprofile_redis_pending", "sink"))
     for sink, errors in _by(samples, "omniprofile_redis_errors_total", "sink"):
         redis_rows.append([sink, int(errors), int(pending.get(sink, 0))])
+    catch_ups = dict(_by(samples, "omniprofile_redis_catchups_total", "how"))
     parts.append(format_table(["sink", "failed flushes", "pending"], redis_rows,
                               title=f"== Redis (resync backlog {int(_one(samples, 'omniprofile_redis_resync_backlog'))}, "
-                                    f"rewrites {int(_one(samples, 'omniprofile_redis_resyncs_total'))}) =="))
+                                    f"rewrites {int(_one(samples, 'omniprofile_redis_resyncs_total'))}, "
+                                    f"partitions taken over: {int(catch_ups.get('scanned', 0))} scanned, "
+                                    f"{int(catch_ups.get('clean_handover', 0))} handed over cleanly, "
+                                    f"{int(_one(samples, 'omniprofile_redis_restaged_total'))} profiles re-written) =="))
     return "\n\n".join(parts)
 
 

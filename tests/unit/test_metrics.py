@@ -110,3 +110,5 @@ def test_status_tables_show_the_figures():
     assert any(line.split() == ["clickstream", "6"] for line in lines)
     assert any(line.split() == ["dead-lettered:", "invalid_json", "1"] for line in lines)
     assert any(line.split() == ["p.events.clickstream", "0", "10"] for line in lines)
+    assert any("partitions taken over: 3 scanned, 1 handed over cleanly, 7 profiles re-written" in line
+               for line in lines)
