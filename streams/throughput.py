@@ -505,7 +505,7 @@ DEFAULT_CONTENDERS = ("raw", "naive", "single", "latency", "batched")
 
 def embedded_env(bootstrap: str, redis_url: str, prefix: str, partitions: int = 4) -> dict[str, str]:
     """A worker's settings on the embedded broker and Redis, under its own topic and key prefix
-    (the bench and the measurement scripts in ``scripts/``)."""
+    (the bench, the measurement scripts in ``scripts/`` and the integration tests' stacks)."""
     return {
         "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "OMNIPROFILE_REDIS_URL": redis_url,

@@ -16,6 +16,7 @@ from streams.admin import ensure_topics
 from streams.commands import Worker, worker_env
 from streams.local import RedisServer, Tansu
 from streams.settings import Settings, settings_from_env
+from streams.throughput import embedded_env
 from streams.topics import TopicNames
 
 _stack_ids = itertools.count(1)
@@ -60,21 +61,13 @@ class Stack:
 def make_stack(broker: Tansu, redis_server: RedisServer, tmp: Path, **extra: str) -> Stack:
     n = next(_stack_ids)
     env = {
-        "OMNIPROFILE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "OMNIPROFILE_REDIS_URL": redis_server.url,
-        "OMNIPROFILE_TOPIC_PREFIX": f"t{n}.",
+        # The embedded worker settings of the bench: own topic and key prefixes (t1., t1:), the
+        # 20 ms fetch wait and recovery check off that Tansu needs, no metrics port (tests of
+        # /health and /metrics set a free one).
+        **embedded_env(broker.bootstrap, redis_server.url, f"t{n}."),
         "OMNIPROFILE_APP_ID": f"omniprofile-t{n}",
-        "OMNIPROFILE_REDIS_KEY_PREFIX": f"t{n}:",
-        "OMNIPROFILE_PARTITIONS": "4",
         "OMNIPROFILE_DATA_DIR": str(tmp / "data"),
-        "OMNIPROFILE_KAFKA_SESSION_TIMEOUT": "6",
-        "OMNIPROFILE_KAFKA_FETCH_MAX_WAIT_MS": "20",  # Tansu can answer a fetch up to its wait late
-        "OMNIPROFILE_WEB_PORT": "0",  # several workers at once; tests of /health and /metrics set a free port
         "OMNIPROFILE_HASH_KEY": "integration-test-key",
-        "OMNIPROFILE_LOG_LEVEL": "info",
-        # Tansu reports the end offset of a multi-record batch wrongly; Faust's recovery check
-        # would then refuse a table after a rebalance (seen with the 7-day hopping table).
-        "OMNIPROFILE_RECOVERY_CONSISTENCY_CHECK": "false",
         **extra,
     }
     settings = settings_from_env(env)
