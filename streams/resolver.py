@@ -19,6 +19,7 @@ every profile key of the group and writes an audit record.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 import faust
 import orjson
@@ -81,6 +82,7 @@ class Resolver:
         # crash finds them in the table already and writes nothing, so Redis must not be the one
         # behind (a failed flush keeps them staged, lost only if the worker dies before Redis is back).
         self._unwritten = {}
+        deliveries: list[Awaitable[object]] = []
         try:
             for record in message["records"]:
                 idents = event_identifiers(record, self.blocked)
@@ -92,10 +94,16 @@ class Resolver:
                 result = link(graph, idents, record["ts"], self.max_identifiers)
                 self._unwritten.update(store_changes(ids, groups))
                 for absorbed, survivor in result.merges:
-                    await self._merge(absorbed, survivor, record)
+                    deliveries.append(await self._merge(absorbed, survivor, record))
                     renamed[absorbed] = survivor
                 await self._report(result, record)
                 routed.append((result.canonical, record))
+            # The graph is written only once every merge_into is on the broker: a crash before
+            # that makes this message read again, link again and send again; a graph holding a
+            # link whose merge_into was lost would leave the survivor holding its events for a
+            # handover that never comes.
+            for delivery in deliveries:
+                await delivery
             if self._unwritten:
                 self._stage(self._unwritten)
                 await self.sink.flush()
@@ -128,16 +136,20 @@ class Resolver:
             elif kind == "g":
                 self.sink.stage_group(name, None if value is None else orjson.dumps(value))
 
-    async def _merge(self, absorbed: str, survivor: str, record: dict) -> None:
+    async def _merge(self, absorbed: str, survivor: str, record: dict) -> Awaitable[object]:
+        """Tell the survivor to expect the absorbed profile, then the absorbed profile to merge
+        into it; returns the delivery of ``merge_into``, which the caller awaits before it writes
+        the graph."""
         cause = record["event_id"]
         expect = {"op": "expect", "from": absorbed, "cause": cause}
         # The survivor must hear "expect" before the absorbed profile's state can reach it.
         await (await send_by_customer(self.wiring, survivor.encode(), orjson.dumps(expect)))
         merge = {"op": "merge_into", "into": survivor, "cause": cause}
-        await send_by_customer(self.wiring, absorbed.encode(), orjson.dumps(merge))
+        delivered = await send_by_customer(self.wiring, absorbed.encode(), orjson.dumps(merge))
         await self._lineage("merge", absorbed, survivor, None, record)
         self.sink.count("identity_merges")
         log.info("Merged profile %s into %s (event %s)", absorbed, survivor, cause)
+        return delivered
 
     async def _report(self, result: LinkResult, record: dict) -> None:
         for ident, group, target in result.conflicts:

@@ -107,8 +107,9 @@ class Settings(BaseSettings):
     # Identity
     identity_max_identifiers: int = Field(default=50, ge=2, le=10_000)
     identity_blocked_values: str = ",".join(sorted(BLOCKED_VALUES - {""}))
-    # A hold is given up only as a safety valve (a merge_into lost in a crash window), and only once the
-    # profile's partition is less than this behind (models.stitching.receive).
+    # A hold is given up only as a safety valve (the identity stage writes its graph after the merge_into
+    # is delivered, so a crash cannot lose one), and only once the profile's partition is less than this
+    # behind (models.stitching.receive).
     identity_merge_wait_seconds: float = Field(default=300.0, ge=1.0, le=3600.0)
 
     @field_validator("kafka_bootstrap_servers")

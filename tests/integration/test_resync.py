@@ -236,15 +236,24 @@ def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
     assert wiring.profiles == {} and wiring.updates_topic.sent == [(b"c-9", None)]
 
 
+class Delivery:
+    """What faust's send returns: awaiting it waits for the broker's ack (here: notes that it was)."""
+
+    def __init__(self, value: bytes | None) -> None:
+        self.value, self.awaited = value, False
+
+    def __await__(self):
+        self.awaited = True
+        return iter(())
+
+
 class Topic:
     def __init__(self) -> None:
-        self.sent = 0
+        self.sent: list[Delivery] = []
 
     async def send(self, key: bytes | None = None, value: bytes | None = None, partition: int | None = None):
-        self.sent += 1
-        done = asyncio.get_running_loop().create_future()  # faust returns the delivery's future
-        done.set_result(None)
-        return done
+        self.sent.append(Delivery(value))
+        return self.sent[-1]
 
 
 def resolver_on(redis_server, layout: RedisLayout, table: dict):
@@ -263,8 +272,8 @@ def resolver_on(redis_server, layout: RedisLayout, table: dict):
 
 def test_the_identity_graph_reaches_redis_before_the_table(redis_server, layout, client):
     """A message read again after a crash finds its links in the table and writes nothing, so each
-    identity entry must be in Redis before the table holds it: the table here checks Redis at
-    every write of an identifier."""
+    identity entry must be in Redis, and each merge message on the broker, before the table holds
+    the link: the table here checks both at every write."""
     import orjson
 
     checked = []
@@ -274,6 +283,7 @@ def test_the_identity_graph_reaches_redis_before_the_table(redis_server, layout,
             if key.startswith(b"i|"):
                 assert client.get(layout.identity(key[2:].decode())) == str(value).encode(), key
                 checked.append(key)
+            assert all(d.awaited for d in resolver.wiring.by_customer_topic.sent), "a merge not yet delivered"
             super().__setitem__(key, value)
 
     resolver = resolver_on(redis_server, layout, Table())
@@ -291,6 +301,8 @@ def test_the_identity_graph_reaches_redis_before_the_table(redis_server, layout,
     # c-9 and its two anonymous ids are one person; a3 another (before the table held any of them).
     assert len(checked) == 4 and {client.get(layout.identity(i)) for i in ("cid:c-9", "anon:a1", "anon:a2")} == {b"c-9"}
     assert client.get(layout.identity("anon:a3")) is not None
+    merges = [orjson.loads(d.value) for d in resolver.wiring.by_customer_topic.sent if b'"op"' in d.value]
+    assert [m["op"] for m in merges] == ["expect", "merge_into"]  # anon:a1's profile joins c-9's
 
 
 def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_server, layout, client):
