@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 import redis
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from models.synthetic import generate
 from streams.admin import OutputFollower, client_options, producer, read_topic
@@ -187,7 +187,7 @@ class Feeder(threading.Thread):
 
 def last_by_key(stack: Stack, topic: str) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
-    for key, value in read_topic(stack.settings, topic, idle_ms=2000, timeout_s=120):
+    for key, value in read_topic(stack.settings, topic, idle_ms=600, timeout_s=120):
         if key is not None:
             out[key.decode()] = value
     return out
@@ -448,7 +448,7 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
             assert time.monotonic() < deadline, "the worker's first serving-view check did not run"
             time.sleep(0.2)  # its rewrite of the empty tables flushes the sink: let it pass first
         before, sent = retag(dataset(8, seed=24), "pre-"), dataset(20, seed=25)
-        drained = feed_and_drain(stack, before, 0)
+        drained, _ = feed_and_drain(stack, before, 0)
         assert redis_behind(stack), "every profile reached Redis before the stop: the scenario tests nothing"
         assert stack.worker.stop() == 0, stack.worker.tail()
         marks = client.hgetall(f"{stack.settings.redis_key_prefix}serving-clean")
@@ -461,8 +461,8 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
             time.sleep(0.5)
         assert "Redis was behind the table" not in stack.worker.log_path.read_text()
 
-        drained = feed_and_drain(stack, sent, drained)
-        time.sleep(8.0)  # past a few offset commits: nothing is delivered again after the restart
+        drained, feeder = feed_and_drain(stack, sent, drained)
+        wait_committed(stack, feeder.offsets)  # nothing is delivered again after the restart
         behind = redis_behind(stack)
         assert behind, "every profile reached Redis before the kill: the scenario tests nothing"
         stack.worker.proc.send_signal(signal.SIGKILL)
@@ -480,12 +480,12 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
         stack.worker.stop()
 
 
-def feed_and_drain(stack: Stack, events: list[tuple[str, dict]], drained: int) -> int:
+def feed_and_drain(stack: Stack, events: list[tuple[str, dict]], drained: int) -> tuple[int, Feeder]:
     feeder = Feeder(stack, [keyed(s, e) for s, e in events], 400)
     feeder.start()
     feeder.wait_sent()
     drain(stack, drained + len(events))
-    return drained + len(events)
+    return drained + len(events), feeder
 
 
 def test_two_workers_one_killed(stack, intensity):
@@ -636,7 +636,7 @@ def test_poison_and_invalid_input(stack, intensity):
     figures.note = throughput_note(stack, [(keyed(s, e), 1) for s, e in clean], mixed,
                                    [(keyed(s, e), 1) for s, e in warm_up], intensity)
     figures.seconds = time.monotonic() - started
-    letters = [orjson.loads(v) for _, v in read_topic(stack.settings, stack.names.deadletter, idle_ms=1500)]
+    letters = [orjson.loads(v) for _, v in read_topic(stack.settings, stack.names.deadletter, idle_ms=600)]
     # Every bad input is dead-lettered, and nothing else is. A producer retry can deliver an input
     # message twice (at least once), and then its dead letter comes twice too: counted, not failed.
     wanted = Counter(fingerprint(value) for _, _, value in bad) + Counter([fingerprint(b'{"event_id":"array-bad-1"}')])
@@ -766,7 +766,7 @@ def wait_logged(worker: Worker, text: str, timeout: float) -> None:
 
 def updates_count(stack: Stack) -> int:
     """Records on ``profiles.updates``, read until the topic is quiet (only where nothing runs)."""
-    return sum(1 for _ in read_topic(stack.settings, stack.names.updates, idle_ms=1000))
+    return sum(1 for _ in read_topic(stack.settings, stack.names.updates, idle_ms=600))
 
 
 def committed_offsets(stack: Stack) -> dict[tuple[str, int], int]:
@@ -776,6 +776,25 @@ def committed_offsets(stack: Stack) -> dict[tuple[str, int], int]:
     finally:
         admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+
+def wait_committed(stack: Stack, fed: dict[tuple[str, int], int], timeout: float = 30.0) -> None:
+    """Wait until the worker's group has committed what feeds the profiles: every input partition
+    past ``fed`` (the feeder's last offsets), the identity records and by-customer stream up to
+    their end offsets as the broker reports them (Tansu's can fall short of a last multi-record
+    batch, never beyond it)."""
+    want = {tp: last + 1 for tp, last in fed.items()}
+    consumer = KafkaConsumer(**client_options(stack.settings))
+    try:
+        internal = (stack.names.identity_events, stack.names.by_customer)
+        tps = [TopicPartition(t, p) for t in internal for p in consumer.partitions_for_topic(t) or ()]
+        want.update({(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items() if end})
+    finally:
+        consumer.close()
+    deadline = time.monotonic() + timeout
+    while short := {tp: (got, end) for tp, end in want.items() if (got := committed_offsets(stack).get(tp, -1)) < end}:
+        assert time.monotonic() < deadline, f"offsets not committed in {timeout:.0f} s (got, end): {short}"
+        time.sleep(0.5)
 
 
 def test_sigterm_flushes_and_a_restart_resumes_from_committed_offsets(stack, intensity):
