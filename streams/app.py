@@ -15,7 +15,7 @@ from typing import Any
 import faust
 
 from streams.metrics import WorkerStats
-from streams.redelivery import RedeliveryGuard, guard_redelivery
+from streams.redelivery import RedeliveryGuard, guard_redelivery, seek_before_streaming
 from streams.settings import Settings
 from streams.sinks import RedisIdentitySink, RedisJourneySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
@@ -161,6 +161,7 @@ class OmniApp(faust.App):
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         self.redelivery = guard_redelivery(consumer, self.topics.acks_enabled_for, self.flow_control)
+        seek_before_streaming(consumer, self.topics.acks_enabled_for)
         return consumer
 
 

@@ -43,6 +43,16 @@ processed; with no committed offset yet (offset 0) it checks for no hole at all.
    0, where its committed offset would be: the app reads from the earliest offset
    (``consumer_auto_offset_reset``), and an offset 0 no longer kept resets to the earliest one
    (:func:`uncommitted`).
+
+:func:`seek_before_streaming` adds a fifth, found by the poison scenario's duplicate dead letters
+(every bad input of a backlog dead-lettered twice, about 0.4 s apart, after a clean restart):
+
+5. At the end of recovery Faust resumes the stream partitions and *then* seeks them to their
+   committed offsets. The seek took about 0.3 s against Tansu, and in that time the streams
+   processed what the fetcher brought from where it was; the seek then sent the partitions back,
+   and everything was processed again (harmless for profiles, which are idempotent, but every
+   dead letter came twice and the time was paid twice). The stream partitions of acked topics
+   are now resumed when the seek has finished.
 """
 
 from __future__ import annotations
@@ -214,3 +224,31 @@ def reseek_what_resume_clears(
 def _log_failure(task: asyncio.Future) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("Seeking back to dropped messages failed: %r", task.exception())
+
+
+def seek_before_streaming(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> None:
+    """Change 5: partitions of acked topics that Faust resumes are resumed only once the next
+    ``perform_seek`` (which Faust's recovery awaits right after resuming) has finished, failed or
+    been cancelled; other partitions (changelogs, standbys) are resumed at once."""
+    resume_partitions = consumer.resume_partitions
+    perform_seek = consumer.perform_seek
+    held: set[Any] = set()
+
+    def resume_after_seek(tps: Iterable[Any]) -> None:
+        tps = set(tps)
+        streams = {tp for tp in tps if acks_enabled_for(tp.topic)}
+        held.update(streams)
+        if tps - streams:
+            resume_partitions(tps - streams)
+
+    async def seek_then_resume() -> None:
+        try:
+            await perform_seek()
+        finally:
+            if held:
+                resuming = set(held)
+                held.clear()
+                resume_partitions(resuming)
+
+    consumer.resume_partitions = resume_after_seek
+    consumer.perform_seek = seek_then_resume

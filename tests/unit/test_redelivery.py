@@ -3,7 +3,7 @@
 The consumer here is a plain object carrying the attributes faust's ``Consumer._new_offset``
 reads; the method itself is faust's, so these tests show what faust 0.15.3 commits with and
 without the guard; change 3 runs on mode's own flow control and queues, change 4 on aiokafka's and
-faust's own seek to the committed offsets. End to end, the fault suite's restarts exercise the guard;
+faust's own seek to the committed offsets, change 5 on faust's own pause, resume and seek. End to end, the fault suite's restarts exercise the guard;
 one rare stall it does not cover is still open (docs/reliability.md, "The silent skip").
 """
 
@@ -17,7 +17,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams.redelivery import RedeliveryGuard, first_unprocessed, guard_redelivery
+from streams.redelivery import RedeliveryGuard, first_unprocessed, guard_redelivery, seek_before_streaming
 
 INPUT = TP("omniprofile.events.web", 0)
 CHANGELOG = TP("omniprofile-profiles-changelog", 0)
@@ -236,3 +236,66 @@ def test_faust_seek_to_committed_sends_uncommitted_input_partitions_to_the_start
 
     consumer = asyncio.run(scenario())
     assert consumer.sought == [(TP("omniprofile.events.app", 2), 0), (TP("omniprofile.events.email", 1), 0)]
+
+
+def pausing_consumer(committed: dict, fail: bool = False) -> SimpleNamespace:
+    """A fake consumer with faust's own ``resume_partitions`` and ``perform_seek``; its
+    ``seek_to_committed`` records which partitions were streaming (faust's active set) while it ran."""
+    consumer = fake_consumer([])
+    consumer.active = set()
+    consumer._paused_partitions = set(committed)
+    consumer._get_active_partitions = lambda: consumer.active
+    consumer.streaming_during_seek = None
+
+    async def seek_to_committed() -> dict:
+        consumer.streaming_during_seek = set(consumer.active)
+        await asyncio.sleep(0)
+        if fail:
+            raise RuntimeError("the broker went away")
+        return committed
+
+    consumer.seek_to_committed = seek_to_committed
+    consumer.resume_partitions = MethodType(Consumer.resume_partitions, consumer)
+    consumer.perform_seek = MethodType(Consumer.perform_seek, consumer)
+    return consumer
+
+
+async def end_of_recovery(consumer: SimpleNamespace, tps: set) -> None:
+    """What faust's ``Recovery.on_recovery_completed`` does: resume the stream partitions, then seek."""
+    consumer.resume_partitions(tps)
+    await consumer.perform_seek()
+
+
+def test_faust_alone_streams_from_where_the_fetcher_was_while_it_seeks() -> None:
+    """The behaviour change 5 exists for: during the seek the input partitions already stream."""
+    consumer = pausing_consumer({INPUT: 10, APP: 4})
+    asyncio.run(end_of_recovery(consumer, {INPUT, APP}))
+    assert consumer.streaming_during_seek == {INPUT, APP}
+
+
+def test_input_partitions_stream_only_after_the_seek() -> None:
+    consumer = pausing_consumer({INPUT: 10, APP: 4, CHANGELOG: None})
+    seek_before_streaming(consumer, acked_topics)
+    consumer.resume_partitions({CHANGELOG})  # recovery resumes changelogs on their own: at once
+    assert consumer.active == {CHANGELOG}
+    asyncio.run(end_of_recovery(consumer, {INPUT, APP}))
+    assert consumer.streaming_during_seek == {CHANGELOG}
+    assert consumer.active == {INPUT, APP, CHANGELOG}
+    assert consumer._paused_partitions == set()
+    assert consumer._committed_offset[INPUT] == 10  # faust's seek did its own work too
+
+
+def test_a_failed_seek_still_resumes_what_it_held() -> None:
+    """Faust then retries its recovery; partitions left paused would never stream again."""
+    consumer = pausing_consumer({INPUT: 10}, fail=True)
+    seek_before_streaming(consumer, acked_topics)
+
+    async def scenario() -> None:
+        try:
+            await end_of_recovery(consumer, {INPUT})
+        except RuntimeError:
+            return
+        raise AssertionError("the seek's error was swallowed")
+
+    asyncio.run(scenario())
+    assert consumer.active == {INPUT}
