@@ -347,7 +347,34 @@ def stall_diagnosis(stack: Stack) -> str:
     lines = stack.worker.log_path.read_text(errors="replace").splitlines()
     warnings = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line][-15:]
     return "\n".join(["merge holds in the table:", *(holds or ["  none"]),
+                      "events on the internal topics that no profile applied:", *(unapplied_trail(stack, tables) or ["  none"]),
                       "last warnings of the worker:", *(warnings or ["  none"])])
+
+
+def unapplied_trail(stack: Stack, tables: dict[str, dict]) -> list[str]:
+    """Events that passed validation (on ``identity-events``) but are in no profile's window of
+    applied event ids, each with where it was last seen: on ``events-by-customer`` (under which
+    customer, at which partition and offset) or not past the identity stage."""
+    applied = {event_id for state in tables.values() for event_id in state.get("seen", ())}
+    validated = [record["event_id"] for _, value in read_topic(stack.settings, stack.names.identity_events, idle_ms=600)
+                 if value for record in orjson.loads(value).get("records", ())]
+    routed: dict[str, str] = {}
+    consumer = KafkaConsumer(**client_options(stack.settings), auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(stack.names.by_customer, p) for p in consumer.partitions_for_topic(stack.names.by_customer) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        while batch := consumer.poll(timeout_ms=600):
+            for tp, messages in batch.items():
+                for message in messages:
+                    body = orjson.loads(message.value) if message.value else {}
+                    for customer, records in (body.get("batch") or {}).items():
+                        for record in records:
+                            routed[record["event_id"]] = f"on events-by-customer[{tp.partition}]@{message.offset} for {customer}"
+    finally:
+        consumer.close()
+    return [f"  {event_id}: {routed.get(event_id, 'not past the identity stage')}"
+            for event_id in dict.fromkeys(validated) if event_id not in applied][:20]
 
 
 def finish(stack: Stack, feeder: Feeder, sent: list[tuple[str, dict]], figures: Figures, started: float) -> None:
