@@ -364,7 +364,10 @@ def unapplied_trail(stack: Stack, tables: dict[str, dict]) -> list[str]:
         tps = [TopicPartition(stack.names.by_customer, p) for p in consumer.partitions_for_topic(stack.names.by_customer) or ()]
         consumer.assign(tps)
         consumer.seek_to_beginning()
-        while batch := consumer.poll(timeout_ms=600):
+        ends = consumer.end_offsets(tps)  # Tansu's can fall short of a last batch: read on until quiet too
+        deadline = time.monotonic() + 60
+        while (batch := consumer.poll(timeout_ms=600)) or any(consumer.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, "events-by-customer not read to its end in 60 s"
             for tp, messages in batch.items():
                 for message in messages:
                     body = orjson.loads(message.value) if message.value else {}
