@@ -89,7 +89,14 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 def read_topic(
     settings: Settings, topic: str, idle_ms: int = 1500, timeout_s: float = 60.0
 ) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a topic from the beginning, until it has gone quiet.
+    """Every (key, value) of a topic from the beginning, until it has gone quiet (:func:`read_records`)."""
+    for message in read_records(settings, topic, idle_ms, timeout_s):
+        yield message.key, message.value
+
+
+def read_records(settings: Settings, topic: str, idle_ms: int = 1500, timeout_s: float = 60.0) -> Iterator[Any]:
+    """Every record of a topic (kafka-python's ``ConsumerRecord``: partition, offset, key, value,
+    ...) from the beginning, until it has gone quiet.
 
     Reads at least up to the end offsets reported at the start (so a slow partition is never
     taken for an empty one), then on until no message came for ``idle_ms``: Tansu can report
@@ -113,8 +120,7 @@ def read_topic(
         while True:
             batch = consumer.poll(timeout_ms=200)
             for records in batch.values():
-                for message in records:
-                    yield message.key, message.value
+                yield from records
             now = time.monotonic()
             if batch:
                 quiet_since = now

@@ -147,7 +147,8 @@ class RedeliveryGuard:
 def guard_redelivery(
     consumer: Any, acks_enabled_for: Callable[[str], bool], flow_control: Any | None = None
 ) -> RedeliveryGuard:
-    """Install the changes described in the module docstring on a not yet started consumer.
+    """Install changes 1 to 4 of the module docstring on a not yet started consumer (5 is
+    :func:`seek_before_streaming`, which needs faust's own resume and seek on the consumer).
 
     ``consumer`` is a ``faust.transport.consumer.Consumer``; ``acks_enabled_for`` tells the input
     topics (acked) from the changelogs (not acked); ``flow_control`` is the app's

@@ -35,7 +35,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from models.synthetic import generate
-from streams.admin import OutputFollower, client_options, producer, read_topic
+from streams.admin import OutputFollower, client_options, producer, read_records, read_topic
 from streams.commands import Worker, worker_env
 from streams.local import RedisServer, Tansu
 from tests.integration.conftest import Stack, make_stack
@@ -359,23 +359,11 @@ def unapplied_trail(stack: Stack, tables: dict[str, dict]) -> list[str]:
     validated = [record["event_id"] for _, value in read_topic(stack.settings, stack.names.identity_events, idle_ms=600)
                  if value for record in orjson.loads(value).get("records", ())]
     routed: dict[str, str] = {}
-    consumer = KafkaConsumer(**client_options(stack.settings), auto_offset_reset="earliest", enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(stack.names.by_customer, p) for p in consumer.partitions_for_topic(stack.names.by_customer) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(tps)  # Tansu's can fall short of a last batch: read on until quiet too
-        deadline = time.monotonic() + 60
-        while (batch := consumer.poll(timeout_ms=600)) or any(consumer.position(tp) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline, "events-by-customer not read to its end in 60 s"
-            for tp, messages in batch.items():
-                for message in messages:
-                    body = orjson.loads(message.value) if message.value else {}
-                    for customer, records in (body.get("batch") or {}).items():
-                        for record in records:
-                            routed[record["event_id"]] = f"on events-by-customer[{tp.partition}]@{message.offset} for {customer}"
-    finally:
-        consumer.close()
+    for message in read_records(stack.settings, stack.names.by_customer, idle_ms=600):
+        body = orjson.loads(message.value) if message.value else {}
+        for customer, records in (body.get("batch") or {}).items():
+            for record in records:
+                routed[record["event_id"]] = f"on events-by-customer[{message.partition}]@{message.offset} for {customer}"
     return [f"  {event_id}: {routed.get(event_id, 'not past the identity stage')}"
             for event_id in dict.fromkeys(validated) if event_id not in applied][:20]
 

@@ -3,8 +3,9 @@
 The consumer here is a plain object carrying the attributes faust's ``Consumer._new_offset``
 reads; the method itself is faust's, so these tests show what faust 0.15.3 commits with and
 without the guard; change 3 runs on mode's own flow control and queues, change 4 on aiokafka's and
-faust's own seek to the committed offsets, change 5 on faust's own pause, resume and seek. End to end, the fault suite's restarts exercise the guard;
-one rare stall it does not cover is still open (docs/reliability.md, "The silent skip").
+faust's own seek to the committed offsets, change 5 on faust's own resume and seek. End to end, the
+fault suite's restarts exercise the guard; one rare stall it does not cover is still open
+(docs/reliability.md, "The silent skip").
 """
 
 from __future__ import annotations
