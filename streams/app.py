@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import faust
+from faust.tables import TableManager
 
 from streams.metrics import WorkerStats
 from streams.redelivery import RedeliveryGuard, guard_redelivery, seek_before_streaming
@@ -153,6 +154,17 @@ def use_fetch_wait(ms: int) -> None:
     cls._create_worker_consumer = create_worker_consumer
 
 
+class PromptTableManager(TableManager):
+    """faust's table manager sleeps a fixed second at start so that tables declared late can still
+    register; every table here is declared by ``create_app`` before the worker starts, so it goes
+    straight on (one second off every worker start and restart)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class OmniApp(faust.App):
     """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery)."""
 
@@ -181,6 +193,7 @@ def create_app(settings: Settings) -> faust.App:
         # No Faust web server (table pages, stats): /health and /metrics are served by
         # streams.metrics on OMNIPROFILE_WEB_HOST:OMNIPROFILE_WEB_PORT instead.
         web_enabled=False,
+        TableManager=PromptTableManager,
         web_tables_enabled=False,
         # Large messages must reach the validator (and the dead-letter topic), not stall the fetch.
         consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * settings.max_event_bytes),

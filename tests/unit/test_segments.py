@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from models.segments import SegmentModel
+from models.segments import RunningMoments, SegmentModel
 
 FEATURES = ("a", "b", "c")
 CENTRES = [(0.0, 0.0, 0.0), (8.0, 0.0, 0.0), (0.0, 8.0, 0.0), (0.0, 0.0, 8.0)]
@@ -29,6 +29,24 @@ def agreement(truth: list[int], pred: list[int]) -> float:
     same_t = t[:, None] == t[None, :]
     same_p = p[:, None] == p[None, :]
     return float((same_t == same_p).mean())
+
+
+def test_running_moments_equal_numpy_and_rivers_scaler():
+    from river.preprocessing import StandardScaler
+
+    rng = random.Random(9)
+    rows = [{"a": rng.gauss(5, 3), "b": rng.expovariate(0.1)} for _ in range(2000)]
+    ours, rivers = RunningMoments(), StandardScaler()
+    for row in rows:
+        ours.learn_one(row)
+        rivers.learn_one(row)
+    for f in ("a", "b"):
+        column = np.array([row[f] for row in rows])
+        assert ours.counts[f] == len(column)
+        assert ours.means[f] == pytest.approx(column.mean(), rel=1e-12)
+        assert ours.vars[f] == pytest.approx(column.var(), rel=1e-9)  # population variance, as river's
+        # the same arithmetic as the river scaler the snapshots were written with
+        assert (ours.counts[f], ours.means[f], ours.vars[f]) == (rivers.counts[f], rivers.means[f], rivers.vars[f])
 
 
 def test_finds_well_separated_segments():
