@@ -29,10 +29,11 @@ cert kafka kafka "DNS:kafka,DNS:localhost"
 cert admin admin "DNS:admin"
 cert redis redis "DNS:redis,DNS:localhost"
 
-# Redis: no default user; the workers' user reaches only omniprofile's keys.
+# Redis: no default user; the workers' user reaches only omniprofile's keys and none of the
+# @dangerous commands (FLUSHALL, FLUSHDB, KEYS, CONFIG, ... come with @write and @keyspace) but INFO.
 cat > users.acl <<ACL
 user default off
-user omniprofile on >${OMNIPROFILE_REDIS_PASSWORD} ~${OMNIPROFILE_REDIS_KEY_PREFIX:-omniprofile:}* resetchannels -@all +@read +@write +@keyspace +@hash +@set +@string +@scripting +@connection +info +memory
+user omniprofile on >${OMNIPROFILE_REDIS_PASSWORD} ~${OMNIPROFILE_REDIS_KEY_PREFIX:-omniprofile:}* resetchannels -@all +@read +@write +@keyspace +@hash +@set +@string +@scripting +@connection -@dangerous +info +memory
 ACL
 
 # Kafka: the broker's own SCRAM login on the SASL listeners.

@@ -111,11 +111,13 @@ class Tansu:
 
 @dataclass
 class RedisServer:
-    """A private redis-server on a free loopback port, no persistence."""
+    """A private redis-server on a free loopback port, no persistence; ``args``: more of its
+    options (the security tests pass ``--aclfile``)."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     workdir: Path | None = None
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -125,7 +127,8 @@ class RedisServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="omniprofile-redis-"))
         self.proc = subprocess.Popen(
             [str(redis_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"),
+             *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

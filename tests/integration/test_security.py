@@ -1,0 +1,123 @@
+"""Redis with an ACL user and no default user, exactly as ``scripts/secure-dev-certs.sh`` writes it
+for docker-compose.secure.yml: the worker and the commands run on it through the password in
+OMNIPROFILE_REDIS_URL, every command they send is allowed, the password is never printed.
+
+(TLS is not shown here: this machine's redis-server is built without it, and Tansu 0.6.0 refuses
+to create a SCRAM user on a broker with --authentication; docs/reliability.md says so.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streams.admin import OutputFollower, producer
+from streams.local import RedisServer
+from tests.integration.conftest import make_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "acl-test-Pa55word-7f3c"  # a string that cannot turn up in a log by chance
+PREFIX = "acl:"
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory):
+    """A redis-server started with the ACL file of the secure deployment script."""
+    workdir = tmp_path_factory.mktemp("secrets")
+    env = {**os.environ, "OMNIPROFILE_KAFKA_SASL_PASSWORD": "unused", "KAFKA_ADMIN_PASSWORD": "unused",
+           "OMNIPROFILE_REDIS_PASSWORD": PASSWORD, "OMNIPROFILE_REDIS_KEY_PREFIX": PREFIX}
+    made = subprocess.run(["sh", str(ROOT / "scripts" / "secure-dev-certs.sh")], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    server = RedisServer(args=("--aclfile", str(workdir / "secrets" / "users.acl"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(broker, acl_redis, tmp_path_factory):
+    s = make_stack(broker, acl_redis, tmp_path_factory.mktemp("acl"),
+                   OMNIPROFILE_REDIS_URL=f"redis://omniprofile:{PASSWORD}@127.0.0.1:{acl_redis.port}/0",
+                   OMNIPROFILE_REDIS_KEY_PREFIX=PREFIX)
+    yield s
+    s.worker.stop()
+
+
+def user_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=server.port, username="omniprofile", password=PASSWORD)
+
+
+def test_no_default_user(acl_redis):
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=acl_redis.port).ping()
+    client = user_client(acl_redis)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("outside-the-prefix", "1")  # the user reaches only omniprofile's keys
+    for dangerous in (client.flushall, client.flushdb, lambda: client.keys("*"), lambda: client.config_get("*")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            dangerous()
+    assert client.info("memory")["used_memory"] > 0  # what `omniprofile status` reads
+    client.close()
+
+
+def test_the_worker_serves_profiles_through_the_acl_user(stack, acl_redis):
+    ts = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    customers = [f"acl-c{i}" for i in range(6)]
+    prod = producer(stack.settings)
+    sent = 0
+    for i in range(36):
+        customer = customers[i % len(customers)]
+        event = {"event_id": f"acl-{i}", "type": "page_view", "ts": ts, "customer_id": customer,
+                 "channel": "web", "properties": {"category": "shoes" if i % 2 else "bags"}}
+        prod.send(stack.names.source("clickstream"), key=customer.encode(), value=orjson.dumps(event))
+        sent += 1
+    prod.send(stack.names.source("clickstream"), value=b"{not json")  # a dead letter, too
+    prod.flush()
+    prod.close()
+
+    follower = OutputFollower(stack.settings)
+    deadline = time.monotonic() + 120
+    while follower.events_applied < sent or not follower.dead_letters:
+        assert stack.worker.proc.poll() is None, stack.worker.tail()
+        assert time.monotonic() < deadline, f"{follower.events_applied} of {sent} events applied"
+        follower.poll(1000)
+    client = user_client(acl_redis)
+    deadline = time.monotonic() + 30
+    while True:  # the Redis flush runs every 200 ms
+        held = {c: client.hget(f"{PREFIX}profile:{c}", "version") for c in customers}
+        if all(held[c] is not None and int(held[c]) == follower.latest[c]["version"] for c in customers):
+            break
+        assert time.monotonic() < deadline, (held, {c: follower.latest[c]["version"] for c in customers})
+        time.sleep(0.3)
+    assert all(key.startswith(PREFIX.encode()) for key in client.scan_iter(count=1000))
+    client.close()
+    follower.close()
+
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "profile", customers[0]],
+                            env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["customer_id"] == customers[0]
+
+    log = stack.worker.log_path.read_text(errors="replace")
+    for refusal in ("NOPERM", "NOAUTH", "WRONGPASS"):
+        assert refusal not in log, stack.worker.tail()
+    assert PASSWORD not in log + result.stdout + result.stderr
+
+
+def test_a_wrong_password_fails_fast_without_printing_it(stack):
+    env = {**os.environ, **stack.env,
+           "OMNIPROFILE_REDIS_URL": stack.env["OMNIPROFILE_REDIS_URL"].replace(PASSWORD, PASSWORD + "-wrong")}
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "OMNIPROFILE_REDIS_URL" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
