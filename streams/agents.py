@@ -66,7 +66,7 @@ async def drain_changelog(app: faust.App, limit: int = CHANGELOG_BACKLOG) -> Non
     while buffer.size > limit:
         try:
             sent = await buffer.flush_atmost(buffer.size - limit)
-        except RuntimeError:  # the producer is stopping: its own shutdown flushes the rest
+        except RuntimeError:  # stopping: the flush before the last commit sent what it covers (streams.flushing)
             return
         if not sent:
             await asyncio.sleep(0.01)  # nothing went out in 0.1 s (the broker is slow or away): wait, bounded

@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from faust.tables import TableManager
 
+from streams.flushing import FlushGuard, guard_flush
 from streams.metrics import WorkerStats
 from streams.redelivery import RedeliveryGuard, guard_redelivery, seek_before_streaming
 from streams.settings import Settings
@@ -166,9 +167,16 @@ class PromptTableManager(TableManager):
 
 
 class OmniApp(faust.App):
-    """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery)."""
+    """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery) and whose
+    producer buffer is flushed in full before a commit and at stop (streams.flushing)."""
 
     redelivery: RedeliveryGuard | None = None
+    flush_guard: FlushGuard | None = None
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        self.flush_guard = guard_flush(producer)  # commits and the stop wait for the table's records
+        return producer
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
