@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -186,17 +187,47 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def interrupt_on_signals() -> list[int]:
+class Interrupts(list):
+    """The signals received (a list); ``stopping`` is set by the caller once it has caught the
+    KeyboardInterrupt and is cleaning up."""
+
+    stopping = False
+
+
+NUDGE_SECONDS = 2.0
+
+
+def interrupt_on_signals(nudge: bool = False) -> Interrupts:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt, so the caller's ``finally`` stops the
     broker, Redis and workers it started (they run in sessions of their own and would outlive it).
 
     Returns the list the signals received are appended to: library code may turn the
-    KeyboardInterrupt into another error, and the list says what really happened.
+    KeyboardInterrupt into another error, and the list says what really happened. kafka-python 3 can
+    also swallow it: its network tasks run under ``except BaseException``, and a KeyboardInterrupt
+    raised inside one is kept as that task's error while the caller goes on waiting (the demo hung in
+    a producer's bootstrap so). With ``nudge``, while the main thread is still inside kafka-python and
+    the caller has not set ``stopping``, the interrupt is raised again every ``NUDGE_SECONDS``.
     """
-    interrupted: list[int] = []
+    interrupted = Interrupts()
+
+    def in_kafka_python() -> bool:
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None:
+            if f"{os.sep}kafka{os.sep}" in frame.f_code.co_filename:
+                return True
+            frame = frame.f_back
+        return False
+
+    def keep_nudging() -> None:
+        while not interrupted.stopping:
+            time.sleep(NUDGE_SECONDS)
+            if not interrupted.stopping and in_kafka_python():
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def on_signal(signum: int, _frame: object) -> None:
         interrupted.append(signum)
+        if nudge and len(interrupted) == 1:
+            threading.Thread(target=keep_nudging, name="interrupt-nudge", daemon=True).start()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
@@ -217,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="omniprofile-demo-"))
     broker = redis = worker = None
-    interrupted = interrupt_on_signals()
+    interrupted = interrupt_on_signals(nudge=True)
     try:
         say("starting the embedded Kafka-protocol broker (Tansu) ...")
         broker = Tansu().start()
@@ -284,15 +315,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         follower.close()
         return 0
     except KeyboardInterrupt:
+        interrupted.stopping = True
         say("interrupted: stopping everything")
         return 130
     except Exception as exc:  # noqa: BLE001 - reported, then everything is stopped
+        interrupted.stopping = True
         if interrupted:
             say("interrupted: stopping everything")
             return 130
         say(f"omniprofile demo failed: {type(exc).__name__}: {exc}")
         return 1
     finally:
+        interrupted.stopping = True
         # A second Ctrl-C must not cut the clean-up short (each stop is bounded by a timeout).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

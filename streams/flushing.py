@@ -33,7 +33,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STUCK_SECONDS = 60.0  # no record handed over for this long: the producer is broken, stop waiting
+STUCK_SECONDS = 5.0  # no record handed over for this long: the broker is away (or stopping with us), stop waiting
 
 
 class FlushGuard:
