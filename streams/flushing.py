@@ -20,8 +20,9 @@ Table writes do not reach Kafka at once: faust queues each changelog record in i
 
 ``guard_flush`` makes the buffer's ``flush`` wait until every record that was queued or being handed
 over when it was called has been handed to aiokafka (records queued later do not hold it up, so a
-commit is not starved by ongoing traffic), at any state of the buffer; the producer's flush then waits
-for aiokafka to deliver them. faust's partial ``flush_atmost`` (its back-pressure) is left as it is.
+commit is not starved by ongoing traffic); the producer's flush then waits for aiokafka to deliver
+them. At the buffer's own stop, when faust has already stopped the aiokafka producer, it only logs what
+it drops (records of events processed after the last commit, which the next worker reads again). faust's partial ``flush_atmost`` (its back-pressure) is left as it is.
 Unit tests: ``tests/unit/test_flushing.py`` (faust's own buffer, alone and guarded).
 """
 
