@@ -22,7 +22,8 @@ Table writes do not reach Kafka at once: faust queues each changelog record in i
 over when it was called has been handed to aiokafka (records queued later do not hold it up, so a
 commit is not starved by ongoing traffic); the producer's flush then waits for aiokafka to deliver
 them. At the buffer's own stop, when faust has already stopped the aiokafka producer, it only logs what
-it drops (records of events processed after the last commit, which the next worker reads again). faust's partial ``flush_atmost`` (its back-pressure) is left as it is.
+it drops (records of events processed after the last commit, which the next worker reads again).
+faust's partial ``flush_atmost`` (its back-pressure) is left as it is.
 Unit tests: ``tests/unit/test_flushing.py`` (faust's own buffer, alone and guarded).
 """
 
@@ -44,7 +45,6 @@ class FlushGuard:
         self.buffer = buffer
         self.handed = 0  # records whose hand-over to aiokafka finished (or failed)
         self.in_flight = 0  # records taken from the queue and not yet handed over
-        self.incomplete = 0  # flushes that gave up (stuck producer)
         self.overtaken = 0  # flushes at which faust's own would have returned with records outstanding
         self.overtaken_records = 0  # the records outstanding then
         self._reported_at = float("-inf")
@@ -83,7 +83,6 @@ class FlushGuard:
             if self.handed != last:
                 last, last_progress = self.handed, loop.time()
             elif loop.time() - last_progress > STUCK_SECONDS:
-                self.incomplete += 1
                 log.error("The producer handed no record to Kafka for %.0f s; the commit goes on without "
                           "%d table and output records still queued (check the broker connection)",
                           STUCK_SECONDS, target - self.handed)
