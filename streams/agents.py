@@ -43,6 +43,7 @@ from models.segmentation import (
 )
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
+from streams.shutdown import SendGate
 from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
@@ -682,6 +683,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     learner = Learner(wiring)
     summarizer = Summarizer(wiring)
     journeys = JourneyBuffer(wiring.settings.journey_retention_ms)
+    gate = SendGate()  # sending timers finish before the producer stops (streams.shutdown)
 
     @app.agent(wiring.by_customer_topic, name="update_profiles")
     async def update_profiles(stream: faust.StreamT) -> None:
@@ -695,7 +697,9 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def flush_teaching_timer() -> None:
         # Live traffic hands over small batches: one learner message per batch cost the learner
         # agent Faust's per-message work for a few vectors each. Samples wait up to this long.
-        await flush_teaching(wiring)
+        async with gate.sending() as allowed:
+            if allowed:
+                await flush_teaching(wiring)
 
     @app.agent(wiring.journey_topic, name="aggregate_journeys")
     async def aggregate_journeys(stream: faust.StreamT) -> None:
@@ -705,7 +709,9 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
 
     @app.timer(wiring.settings.journey_flush_seconds, name="flush_journeys")
     async def flush_journeys() -> None:
-        await send_journey_entries(wiring, journeys)
+        async with gate.sending() as allowed:  # the stop sends what is left (close_redis)
+            if allowed:
+                await send_journey_entries(wiring, journeys)
 
     @app.agent(wiring.learn_topic, name="learn_segments")
     async def learn_segments(stream: faust.StreamT) -> None:
@@ -723,25 +729,40 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         # through its own partition's stream (tables are only written inside stream
         # iteration). The pause lets the learner's snapshots reach this worker first;
         # a profile that misses them is re-scored on its next event or the next sweep.
-        await wiring.learn_topic.send(key=b"seed", value=SEED)
+        async with gate.sending() as allowed:
+            if not allowed:
+                return
+            await wiring.learn_topic.send(key=b"seed", value=SEED)
         await asyncio.sleep(min(5.0, wiring.settings.segment_sweep_seconds / 4))
-        for partition, keys in (await owned_keys(app, wiring)).items():
-            for key in keys:  # stubs and empty profiles are skipped where the message is handled
-                await wiring.by_customer_topic.send(key=key, value=RESCORE, partition=partition)
+        async with gate.sending() as allowed:
+            if not allowed:
+                return
+            for partition, keys in (await owned_keys(app, wiring)).items():
+                for key in keys:  # stubs and empty profiles are skipped where the message is handled
+                    if gate.closing:
+                        return  # a stop: the next sweep re-scores them
+                    await wiring.by_customer_topic.send(key=key, value=RESCORE, partition=partition)
 
     @app.timer(wiring.settings.segment_summary_seconds, name="tally_segments")
     async def tally_segments() -> None:
         as_of = now_ms()
-        for partition, keys in (await owned_keys(app, wiring)).items():
-            tally = await tally_partition(wiring, keys, as_of)
-            message = {"partition": partition, "partitions": wiring.settings.partitions, "tally": tally}
-            await wiring.tallies_topic.send(key=str(partition).encode(), value=orjson.dumps(message))
+        async with gate.sending() as allowed:
+            if not allowed:
+                return
+            for partition, keys in (await owned_keys(app, wiring)).items():
+                tally = await tally_partition(wiring, keys, as_of)
+                if gate.closing:
+                    return  # a stop: the next worker tallies again
+                message = {"partition": partition, "partitions": wiring.settings.partitions, "tally": tally}
+                await wiring.tallies_topic.send(key=str(partition).encode(), value=orjson.dumps(message))
 
     @app.timer(wiring.settings.redis_flush_interval_ms / 1000, name="flush_redis")
     async def flush_redis() -> None:
-        await wiring.sink.flush()
-        await wiring.journey_sink.flush()
-        await wiring.identity_sink.flush()
+        async with gate.sending() as allowed:  # the stop flushes and closes the sinks (close_redis)
+            if allowed:
+                await wiring.sink.flush()
+                await wiring.journey_sink.flush()
+                await wiring.identity_sink.flush()
 
     serving = ServingView(app, wiring)
     metrics = WorkerMetrics(app, wiring, serving, learner)
@@ -760,7 +781,9 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
     async def check_serving_view() -> None:
         # Redis lost data (restarted empty, flushed): rewrite this worker's partitions from the tables.
         # Partitions just taken over: write again what a killed owner had staged and not flushed.
-        await serving.check()
+        async with gate.sending() as allowed:
+            if allowed:
+                await serving.check()
 
     @app.on_partitions_revoked.connect
     async def mark_given_parts_clean(sender: faust.App, revoked: set, **kwargs: object) -> None:
@@ -777,6 +800,8 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
 
     @app.on_before_shutdown.connect
     async def close_redis(app: faust.App, **kwargs: object) -> None:
+        if not await gate.close():
+            log.warning("A timer was still sending 10 s into the stop; what it sends after the producer stops is lost")
         await server.stop()
         await send_journey_entries(wiring, journeys)
         await flush_teaching(wiring)

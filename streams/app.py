@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from faust.tables import TableManager
 
+from streams.endoffsets import FetchedEnds
 from streams.flushing import FlushGuard, guard_flush
 from streams.metrics import WorkerStats
 from streams.redelivery import RedeliveryGuard, guard_redelivery, seek_before_streaming
@@ -167,11 +168,14 @@ class PromptTableManager(TableManager):
 
 
 class OmniApp(faust.App):
-    """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery) and whose
-    producer buffer is flushed in full before a commit and at stop (streams.flushing)."""
+    """faust.App whose consumer re-delivers what a stream skipped (streams.redelivery) and takes
+    end offsets as a fetch reports them (streams.endoffsets), and whose producer buffer is flushed
+    in full before a commit and at stop (streams.flushing)."""
 
     redelivery: RedeliveryGuard | None = None
     flush_guard: FlushGuard | None = None
+    fetched_ends: FetchedEnds | None = None
+    fetch_wait_ms: int = 500  # the end-offset probe's fetch wait (create_app sets the worker's)
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()
@@ -182,7 +186,30 @@ class OmniApp(faust.App):
         consumer = super()._new_consumer()
         self.redelivery = guard_redelivery(consumer, self.topics.acks_enabled_for, self.flow_control)
         seek_before_streaming(consumer, self.topics.acks_enabled_for)
+        self.fetched_ends = FetchedEnds(consumer.highwaters, self._new_end_probe)
+        consumer.highwaters = self.fetched_ends.highwaters  # table recovery, lag, resync
         return consumer
+
+    def _new_end_probe(self) -> Any:
+        """The consumer (no group, same broker and credentials) whose fetches check end offsets."""
+        import aiokafka
+        from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+
+        conf = self.conf
+        return aiokafka.AIOKafkaConsumer(
+            client_id=f"{conf.broker_client_id}-end-offsets",
+            bootstrap_servers=server_list(conf.broker, 9092),
+            request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+            enable_auto_commit=False,
+            auto_offset_reset="latest",  # an offset no longer kept: just the high watermark
+            fetch_max_wait_ms=self.fetch_wait_ms,
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.fetched_ends is not None:
+            await self.fetched_ends.close()
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -215,6 +242,7 @@ def create_app(settings: Settings) -> faust.App:
         # embedded setups (demo, tests) turn the check off; keep it on with Apache Kafka.
         recovery_consistency_check=settings.recovery_consistency_check,
     )
+    app.fetch_wait_ms = settings.kafka_fetch_max_wait_ms
     names = TopicNames(settings.topic_prefix)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     wiring = Wiring(
