@@ -207,6 +207,14 @@ class WorkerMetrics:
         yield CounterMetricFamily("omniprofile_reseeks", "Input partitions sought back to messages that resuming flow "
                                   "control threw away unprocessed (streams.redelivery)",
                                   value=guard.reseeks if guard is not None else 0)
+        flush = getattr(self.app, "flush_guard", None)
+        yield CounterMetricFamily("omniprofile_flush_overtaken", "Flushes before a commit at which faust's own flush "
+                                  "would have returned with changelog records still queued (streams.flushing)",
+                                  value=flush.overtaken if flush is not None else 0)
+        ends = getattr(self.app, "fetched_ends", None)
+        yield CounterMetricFamily("omniprofile_end_offsets_raised", "Partition end offsets the broker listed short and "
+                                  "a fetch raised (Tansu after multi-record batches; streams.endoffsets)",
+                                  value=ends.raised if ends is not None else 0)
         core = getattr(self.learner, "core", None)
         yield CounterMetricFamily("omniprofile_segment_replays_skipped", "Learning messages re-read after a restart "
                                   "or rebalance and not learned twice (this worker's learner)",

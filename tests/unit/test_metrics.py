@@ -57,6 +57,7 @@ def fake_worker(lag_committed: dict, ends: dict):
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=FakeEvent())),
         rebalancing=False, in_recovery=False, rebalancing_count=3, started=True,
         redelivery=RedeliveryGuard(commits_held=4, reseeks=2),
+        flush_guard=SimpleNamespace(overtaken=8), fetched_ends=SimpleNamespace(raised=9),
     )
     sink = SimpleNamespace(pending=2, stats=SimpleNamespace(failed_flushes=1))
     other = SimpleNamespace(pending=0, failed_flushes=0)
@@ -96,6 +97,8 @@ def test_collector_reports_lag_from_end_minus_committed():
     assert m["omniprofile_rebalances_total"] == [({}, 3.0)]
     assert m["omniprofile_commits_held_total"] == [({}, 4.0)]
     assert m["omniprofile_reseeks_total"] == [({}, 2.0)]
+    assert m["omniprofile_flush_overtaken_total"] == [({}, 8.0)]
+    assert m["omniprofile_end_offsets_raised_total"] == [({}, 9.0)]
     assert m["omniprofile_segment_replays_skipped_total"] == [({}, 6.0)]
     doc = metrics.health_document()
     assert doc["status"] == "ok" and doc["input_lag"] == 13 and doc["redis_pending"] == 2
