@@ -102,12 +102,17 @@ class FetchedEnds:
         for tp, part in parts.items():
             probe.seek(part, listed[tp] - 1)
         highs: dict[Any, int | None] = {}
-        while len(highs) < len(parts):
-            await probe.getmany(*[parts[tp] for tp in tps if tp not in highs], timeout_ms=200)
-            for tp, part in parts.items():
-                high = probe.highwater(part)
-                if high is not None:
-                    highs[tp] = high
+        try:
+            while len(highs) < len(parts):
+                await probe.getmany(*[parts[tp] for tp in tps if tp not in highs], timeout_ms=200)
+                for tp, part in parts.items():
+                    high = probe.highwater(part)
+                    if high is not None:
+                        highs[tp] = high
+        finally:
+            # Left assigned and unpaused, the probe's fetcher went on polling these partitions in the
+            # background (about 45 fetch requests a second at the embedded 20 ms fetch wait).
+            probe.pause(*parts.values())
         return highs
 
     async def close(self) -> None:

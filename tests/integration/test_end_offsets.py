@@ -46,18 +46,26 @@ async def test_fetched_ends_cover_the_whole_last_batch(broker):
     topic = await new_topic(broker.bootstrap, 3)
     lister = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
     await lister.start()
-    ends = FetchedEnds(lambda *tps: lister.end_offsets(list(tps)), lambda: AIOKafkaConsumer(bootstrap_servers=broker.bootstrap,
-                                                                    fetch_max_wait_ms=20))
+    probes: list[AIOKafkaConsumer] = []
+
+    def new_probe() -> AIOKafkaConsumer:
+        probes.append(AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=20))
+        return probes[-1]
+
+    ends = FetchedEnds(lambda *tps: lister.end_offsets(list(tps)), new_probe)
     parts = [TopicPartition(topic, p) for p in range(3)]
     try:
         truth = await produce_batches(broker.bootstrap, topic, {0: [3, 5], 1: [1, 1, 1]})
         listed = await lister.end_offsets(parts)
         got = await ends.highwaters(*parts)
         assert got == {parts[0]: truth[0], parts[1]: truth[1], parts[2]: 0}, f"listed by the broker: {listed}"
+        # Between calls the probe fetches nothing (its partitions are paused), and one probe serves all calls.
+        assert probes[0].paused() == {parts[0], parts[1]}
         # Reused probe, new records: the second call sees them (no high watermark kept from the first).
         truth.update(await produce_batches(broker.bootstrap, topic, {0: [4], 2: [2]}))
         got = await ends.highwaters(*parts)
         assert got == {parts[0]: truth[0], parts[1]: truth[1], parts[2]: truth[2]}
+        assert len(probes) == 1 and probes[0].paused() == set(parts)
     finally:
         await ends.close()
         await lister.stop()
