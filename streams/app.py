@@ -238,8 +238,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         # Faust refuses to recover a table whose local offset is past the broker's end offset.
-        # Tansu reports the end offset of a multi-record batch as its first offset + 1, so the
-        # embedded setups (demo, tests) turn the check off; keep it on with Apache Kafka.
+        # Tansu lists the end offset of a multi-record batch as its first offset + 1, so the
+        # embedded setups (demo, tests) turned the check off; keep it on with Apache Kafka. (The
+        # ends faust sees are now checked by a fetch, see _new_consumer; the setting stays.)
         recovery_consistency_check=settings.recovery_consistency_check,
     )
     app.fetch_wait_ms = settings.kafka_fetch_max_wait_ms

@@ -63,7 +63,7 @@ class FetchedEnds:
         self.listed = listed
         self.new_probe = new_probe
         self.timeout = timeout
-        self.raised = 0  # partitions whose listed end a fetch raised (for the log and tests)
+        self.raised = 0  # partitions whose listed end a fetch raised (omniprofile_end_offsets_raised_total)
         self._probe: Any = None
         self._lock = asyncio.Lock()
 
