@@ -359,23 +359,20 @@ def unapplied_trail(stack: Stack, tables: dict[str, dict]) -> list[str]:
     validated = [record["event_id"] for _, value in read_topic(stack.settings, stack.names.identity_events, idle_ms=600)
                  if value for record in orjson.loads(value).get("records", ())]
     routed: dict[str, str] = {}
-    customers_at: dict[tuple[int, int], list[str]] = {}
     for message in read_records(stack.settings, stack.names.by_customer, idle_ms=600):
-        body = orjson.loads(message.value) if message.value else {}
-        customers_at[(message.partition, message.offset)] = sorted(body.get("batch") or {})
-        for customer, records in (body.get("batch") or {}).items():
+        batch = (orjson.loads(message.value) if message.value else {}).get("batch") or {}
+        for customer, records in batch.items():
             state = tables.get(customer) or {}
             for record in records:
                 routed[record["event_id"]] = (
                     f"on events-by-customer[{message.partition}]@{message.offset} for {customer} "
-                    f"(the message's customers: {customers_at[(message.partition, message.offset)][:6]}; "
+                    f"(the message's customers: {sorted(batch)[:6]}; "
                     f"{customer} in the table: events {state.get('events')}, version {state.get('version')})")
-    committed = committed_offsets(stack)
-    by_customer_committed = {p: o for (t, p), o in committed.items() if t == stack.names.by_customer}
     lines = [f"  {event_id}: {routed.get(event_id, 'not past the identity stage')}"
              for event_id in dict.fromkeys(validated) if event_id not in applied][:20]
     if lines:
-        lines.append(f"  the group's committed offsets on events-by-customer: {dict(sorted(by_customer_committed.items()))}")
+        committed = {p: o for (t, p), o in committed_offsets(stack).items() if t == stack.names.by_customer}
+        lines.append(f"  the group's committed offsets on events-by-customer: {dict(sorted(committed.items()))}")
     return lines
 
 

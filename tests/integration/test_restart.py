@@ -207,6 +207,8 @@ def test_a_restart_recovers_the_whole_last_changelog_batch(broker, redis_server,
         after = events_for(40, 1, start, seed=13, tag="t3")
         publish(own, after)
         total = len(first) + len(again) + len(after)
+        # Not wait_applied: a profile that lost state never reaches the total, and the comparison
+        # below says which ones and by how much.
         deadline = time.monotonic() + 60
         while follower.events_applied < total and time.monotonic() < deadline:
             assert own.worker.proc.poll() is None, own.worker.tail()
