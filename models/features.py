@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from functools import lru_cache
 from typing import Any
 
 from models.profile import DAY_MS, State
@@ -73,17 +74,37 @@ def channel_group(channel: str) -> str:
     return "social"
 
 
+@lru_cache(maxsize=4096)
 def category_bucket(category: str) -> int:
     """A stable bucket for a category (crc32, the same in every process)."""
     return zlib.crc32(category.encode("utf-8")) % CATEGORY_BUCKETS
 
 
+@lru_cache(maxsize=1024)
+def _group_of(channel: str) -> str:
+    return channel_group(channel)
+
+
 def _l(value: float) -> float:
-    return round(math.log1p(max(0.0, value)), 4)
+    """``round(log1p(max(0, value)), 4)``; 0.0 for a count of nothing (most of them)."""
+    return round(math.log1p(value), 4) if value > 0 else 0.0
+
+
+def _share(part: float, whole: float) -> float:
+    return round(part / whole, 4) if part else 0.0
+
+
+_GROUP_KEYS = tuple((g, f"share_{g}") for g in CHANNEL_GROUPS)
+_DEVICE_KEYS = tuple((d, f"share_{d}") for d in ("mobile", "desktop", "tablet"))
+_CATEGORY_KEYS = tuple(f"category_{i}" for i in range(CATEGORY_BUCKETS))
 
 
 def extract_features(state: State, scope: str, as_of_ms: int) -> dict[str, float] | None:
-    """The feature vector of ``state`` for ``scope`` (``all`` or a channel); None without activity."""
+    """The feature vector of ``state`` for ``scope`` (``all`` or a channel); None without activity.
+
+    Called once per scope on every profile update: the zero cases skip ``round`` and ``log1p``
+    (same values), and channel groups and category buckets are looked up once per name.
+    """
     act: dict[str, Any] | None = state["all"] if scope == "all" else state["channels"].get(scope)
     if act is None or not act["events"]:
         return None
@@ -103,7 +124,7 @@ def extract_features(state: State, scope: str, as_of_ms: int) -> dict[str, float
         "orders": _l(orders),
         "revenue": _l(revenue),
         "average_order_value": _l(revenue / orders) if orders else 0.0,
-        "discount_share": round(act["discounted_orders"] / orders, 4) if orders else 0.0,
+        "discount_share": _share(act["discounted_orders"], orders) if orders else 0.0,
         "email_open_rate": round(min(1.0, mail.get("open", 0) / sent), 4) if sent else 0.0,
         "email_click_rate": round(min(1.0, mail.get("click", 0) / sent), 4) if sent else 0.0,
         "app_opens": _l(app.get("opens", 0) + app.get("push_opens", 0)),
@@ -113,20 +134,20 @@ def extract_features(state: State, scope: str, as_of_ms: int) -> dict[str, float
     groups = dict.fromkeys(CHANNEL_GROUPS, 0)
     if scope == "all":
         for name, block in state["channels"].items():
-            groups[channel_group(name)] += block["events"]
+            groups[_group_of(name)] += block["events"]
     else:
-        groups[channel_group(scope)] = events
+        groups[_group_of(scope)] = events
     total = sum(groups.values()) or 1
-    for g in CHANNEL_GROUPS:
-        x[f"share_{g}"] = round(groups[g] / total, 4)
+    for g, key in _GROUP_KEYS:
+        x[key] = _share(groups[g], total)
     devices = act["devices"]
     dev_total = sum(devices.values()) or 1
-    for d in ("mobile", "desktop", "tablet"):
-        x[f"share_{d}"] = round(devices.get(d, 0) / dev_total, 4)
+    for d, key in _DEVICE_KEYS:
+        x[key] = _share(devices.get(d, 0), dev_total)
     buckets = [0] * CATEGORY_BUCKETS
     for category, weight in act["categories"].items():
         buckets[category_bucket(category)] += weight
     cat_total = sum(buckets) or 1
-    for i in range(CATEGORY_BUCKETS):
-        x[f"category_{i}"] = round(buckets[i] / cat_total, 4)
+    for key, weight in zip(_CATEGORY_KEYS, buckets):
+        x[key] = _share(weight, cat_total)
     return x

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
 
 import faust
 import orjson
@@ -41,7 +41,7 @@ from models.segmentation import (
     scoring_time,
     teaching_scopes,
 )
-from models.view import redis_fields, render_profile
+from models.view import iso_text, redis_fields, render_profile
 from streams.app import Wiring
 from streams.shutdown import SendGate
 from streams.topics import partition_of
@@ -74,7 +74,7 @@ async def drain_changelog(app: faust.App, limit: int = CHANGELOG_BACKLOG) -> Non
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso_text(time.time_ns() // 1_000_000)
 
 
 async def retried(what: str, handle: Callable[[], Awaitable[None]]) -> str | None:
@@ -210,7 +210,7 @@ SEED = b'{"seed":true}'
 
 
 def now_ms() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 def sent_ms(event: faust.EventT) -> int | None:
@@ -220,7 +220,7 @@ def sent_ms(event: faust.EventT) -> int | None:
 
 
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso_text(ms)
 
 
 async def update_profile(

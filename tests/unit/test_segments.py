@@ -206,3 +206,27 @@ def test_predict_one_is_the_nearest_centroid_in_the_anchor_space_while_the_model
             checked += 1
     assert checked == 18 * len(probe)
     assert model.predict_many(probe) == [model.predict_one(p) for p in probe]
+
+
+def test_nearest_kmeans_learns_what_rivers_kmeans_learns():
+    # The faster nearest-centre search must not change a single assignment nor a centre.
+    from river import cluster
+
+    from models.segments import NearestKMeans
+
+    ours, rivers = NearestKMeans(n_clusters=4, halflife=0.05, seed=5), cluster.KMeans(n_clusters=4, halflife=0.05, seed=5)
+    rng = random.Random(9)
+    for model in (ours, rivers):  # seeded centres, as SegmentModel sets them
+        for k, centre in enumerate(CENTRES):
+            model.centers[k] = dict(zip(FEATURES, centre))
+    for _, x in blobs(3000, 8):
+        x = {f: v + rng.choice((0.0, 4.0)) for f, v in x.items()}  # vectors between blobs: close calls
+        assert ours.learn_predict_one(x) == rivers.learn_predict_one(x)
+    for k in range(4):
+        assert ours.centers[k] == pytest.approx(rivers.centers[k], rel=1e-12, abs=1e-12)
+    tie = {"a": 4.0, "b": 0.0, "c": 0.0}  # equidistant from centres 0 and 1 before learning: the first wins
+    fresh = NearestKMeans(n_clusters=2, seed=1)
+    fresh.centers[0], fresh.centers[1] = {"a": 0.0, "b": 0.0, "c": 0.0}, {"a": 8.0, "b": 0.0, "c": 0.0}
+    assert fresh.predict_one(tie) == 0
+    unseeded = NearestKMeans(n_clusters=3, seed=2)  # river's random defaultdict centres: river's own search
+    assert unseeded.predict_one({"a": 1.0}) == cluster.KMeans(n_clusters=3, seed=2).predict_one({"a": 1.0})

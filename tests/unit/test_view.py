@@ -302,6 +302,9 @@ def test_iso_is_utc_with_milliseconds(ref):
         ms = rng.randrange(946_684_800_000, 4_102_444_800_000)
         assert iso(ms) == ref.iso(ms)
     assert iso(None) is None
+    for ms in (0, -1, 86_399_999, 86_400_000, 951_782_400_000, 4_107_542_399_999, 1_795_341_600_123):
+        assert iso(ms) == ref.iso(ms)  # epoch, before it, day and leap-day boundaries
+    assert iso(1_795_341_600_123.0) == ref.iso(1_795_341_600_123)  # a float takes the general path
     assert (
         datetime.strptime(iso(ref.T0), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000
         == ref.T0
