@@ -75,7 +75,10 @@ def top(counter: dict[str, int] | None, n: int = TOP_N) -> list[str]:
     """
     if not counter:
         return []
-    return [k for k, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+    # Alphabetical, then a stable sort by count (descending keeps ties in order): both keys in C.
+    names = sorted(counter)
+    names.sort(key=counter.__getitem__, reverse=True)
+    return names[:n]
 
 
 def top_counts(counter: dict[str, int] | None, n: int = TOP_N) -> dict[str, int]:

@@ -394,3 +394,11 @@ def test_redis_fields_of_an_empty_profile(ref):
     ):
         assert fields[name] == "", name
     assert (fields["rfm"], fields["orders"], fields["revenue"], fields["region"]) == ("000", "0", "0.00", "eu-west")
+
+
+def test_top_matches_the_reference_on_random_counters(ref):
+    rng = random.Random(4)
+    for _ in range(500):
+        counter = {f"k{rng.randrange(40)}": rng.randrange(1, 6) for _ in range(rng.randrange(1, 30))}
+        n = rng.randrange(1, 12)
+        assert top(counter, n) == ref.top(counter, n)
