@@ -14,18 +14,29 @@ import logging
 import time
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] profile hash; ARGV[1] version; ARGV[2..] field, value pairs.
+# KEYS[1] profile hash; ARGV[1] version; ARGV[2] the flat fields as one JSON object of strings;
+# ARGV[3] the ``json`` field, if any. One JSON argument instead of ~60 field and value arguments: redis-py
+# packs every argument of a command in Python (about a third of a flush's CPU), orjson and Redis's
+# cjson do the same work in C.
 WRITE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local args, n = {}, 0
+for name, value in pairs(cjson.decode(ARGV[2])) do
+  args[n + 1], args[n + 2], n = name, value, n + 2
+end
+if ARGV[3] then
+  args[n + 1], args[n + 2] = 'json', ARGV[3]
+end
+redis.call('HSET', KEYS[1], unpack(args))
 return 1
 """
 
@@ -136,7 +147,10 @@ class RedisProfileSink:
         return self._client
 
     def stage(self, customer_id: str, version: int, fields: dict) -> None:
-        """Remember the latest fields of a customer until the next flush."""
+        """Remember the latest fields of a customer until the next flush.
+
+        ``fields``: text values (models.view.redis_fields), plus the ``json`` document as bytes.
+        """
         staged = self._pending.get(customer_id)
         if staged is None or staged[0] <= version:
             self._pending[customer_id] = (version, fields)
@@ -177,10 +191,9 @@ class RedisProfileSink:
             try:
                 pipe = self.connection().pipeline(transaction=False)
                 for customer_id, (version, fields) in batch.items():
-                    args: list = [version]
-                    for name, value in fields.items():
-                        args.append(name)
-                        args.append(value)
+                    flat = dict(fields)
+                    document = flat.pop("json", None)
+                    args = [version, orjson.dumps(flat)] if document is None else [version, orjson.dumps(flat), document]
                     await self._script(keys=[self.layout.profile(customer_id)], args=args, client=pipe)
                 touched: set[tuple[str, str]] = set()
                 for customer_id, scope, old, new in moves:

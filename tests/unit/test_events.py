@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from models.events import InvalidEvent, Limits, profile_key, to_record, validate_event
+from models.events import InvalidEvent, Limits, hash_identifier, profile_key, to_record, validate_event
 from models.ingest import decode_message
 from models.profile import apply_events
 from models.view import render_profile
@@ -411,3 +411,8 @@ def test_unknown_top_level_fields_that_shadow_properties_go_under_extra():
     assert "revenue" not in props  # a stray top-level revenue is not read as one
     assert props["extra"] == {"revenue": 99.0, "url": "https://top.example"}
     assert props["loyalty_tier"] == "gold"
+
+
+def test_identifier_hash_is_hmac_sha256_truncated_to_128_bits():
+    for value, key in [("a@b.example", b"k"), ("", b"k" * 80), ("zoë@b.example", bytes(range(40)))]:
+        assert hash_identifier(value, key) == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
