@@ -316,6 +316,42 @@ def store_changes(ids: Overlay, groups: Overlay) -> dict[str, Any]:
     return out
 
 
+def known_canonical(get: Any, identifiers: Iterable[str | None], ts: int) -> str | None:
+    """The group of an event whose identifiers :func:`link` would leave as they are, else None.
+
+    Most events come from known people: every identifier already points at one group whose
+    record lists it, the group already holds a customer id agreeing with the event's own, and
+    the event is not older than the group. :func:`link` would change nothing then; this answers
+    from the store (``get`` of ``i|…`` and ``g|…`` keys, as :func:`store_graph`) without building
+    the copy-on-read graph. None means: run :func:`link`.
+
+    >>> store = {"i|cid:c-1": "c-1", "i|anon:a1": "c-1",
+    ...          "g|c-1": {"members": ["anon:a1", "cid:c-1"], "customer_id": "c-1", "first_ts": 5}}
+    >>> known_canonical(store.get, ["cid:c-1", "anon:a1"], 9), known_canonical(store.get, ["anon:a1"], 4)
+    ('c-1', None)
+    """
+    group = None
+    idents = [i for i in identifiers if i]
+    if not idents:
+        return None
+    for ident in idents:
+        g = get(ID_PREFIX + ident)
+        if g is None or (group is not None and g != group):
+            return None
+        group = g
+    record = get(GROUP_PREFIX + group)
+    if record is None or ts < record["first_ts"]:
+        return None
+    members = record["members"]
+    customer_id = record["customer_id"]
+    for ident in idents:
+        if ident not in members:
+            return None
+        if ident.startswith("cid:") and canonical_key(ident) != customer_id:
+            return None
+    return group
+
+
 def erase(graph: Graph, ident: str) -> tuple[str | None, list[str]]:
     """Remove the group of ``ident`` from the graph: its canonical id and all its identifiers
     (``ident`` alone when the graph does not know it).

@@ -31,6 +31,7 @@ from models.identity import (
     canonical_key,
     erase,
     event_identifiers,
+    known_canonical,
     link,
     parse_identifier,
     store_changes,
@@ -89,6 +90,10 @@ class Resolver:
                 if self.suppressed(idents):
                     # An erased person: the event is dropped and counted, never stored.
                     self.sink.count("suppressed_events")
+                    continue
+                known = known_canonical(self._get, idents, record["ts"])
+                if known is not None:  # a known person: link would change nothing
+                    routed.append((known, record))
                     continue
                 graph, ids, groups = store_graph(self._get)
                 result = link(graph, idents, record["ts"], self.max_identifiers)
