@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import UserDict
 from types import SimpleNamespace
 
 import pytest
@@ -264,7 +265,9 @@ def resolver_on(redis_server, layout: RedisLayout, table: dict):
 
     settings = SimpleNamespace(blocked_values=frozenset(), identity_max_identifiers=50, partitions=1,
                                internal_message_bytes=1_000_000, hash_key=SecretStr("k" * 32))
-    wiring = SimpleNamespace(identity=table, identity_sink=RedisIdentitySink(redis_server.url, layout),
+    store = UserDict()  # a Faust table is a UserDict over its store (.data); this one shares ``table``
+    store.data = table
+    wiring = SimpleNamespace(identity=store, identity_sink=RedisIdentitySink(redis_server.url, layout),
                              settings=settings, by_customer_topic=Topic(), identity_topic=Topic(),
                              audit_topic=Topic())
     return Resolver(wiring)  # type: ignore[arg-type]
