@@ -93,7 +93,7 @@ class NearestKMeans(cluster.KMeans):
 
     river's ``predict_one`` sums ``|c - x| ** p`` in a generator over the union of the two
     dicts' keys for every centre, and was most of the learner's time (``scripts/pure_path.py``:
-    the learner went from about 80 to 48 µs per event with this class and the standardisation on
+    the learner went from 64-79 to 39-46 µs per event with this class and the standardisation on
     lists in :meth:`SegmentModel.learn_one`). For ``p == 2`` the nearest centre is the one at the
     least Euclidean distance, which ``math.dist`` finds on lists in C; the first one wins a tie, as
     in river's ``min``. river's own ``learn_predict_one`` still moves the centre. Other ``p`` use
@@ -122,6 +122,8 @@ class NearestKMeans(cluster.KMeans):
                 return super().predict_one(x)
             if distance < best_distance:
                 best, best_distance = c, distance
+        if best is None:  # every distance NaN (a NaN in x): river's search picks the first centre
+            return super().predict_one(x)
         return best
 
 

@@ -35,6 +35,11 @@ try:  # an older checkout (an A/B run against it) has no shortcut
     fast_identity = True
 except ImportError:
     fast_identity = False
+try:
+    from models.outputs import update_json
+except ImportError:  # an older checkout: the whole update dumped, the same bytes
+    def update_json(head: dict, profile_json: bytes) -> bytes:
+        return orjson.dumps({**head, "profile": orjson.loads(profile_json)})
 
 STAGES = ("validation", "identity", "fold", "journey", "features", "scoring", "learner", "render", "json out")
 
@@ -91,7 +96,7 @@ def replay(messages: list[tuple[str, bytes]], s: Settings) -> tuple[Counter, str
             profiles[canonical] = step.state
             state_json = orjson.dumps(step.state)
             profile_json = orjson.dumps(profile)
-            update = orjson.dumps({"customer_id": canonical, "changed": step.changed})[:-1] + b',"profile":' + profile_json + b"}"
+            update = update_json({"customer_id": canonical, "changed": step.changed}, profile_json)
             fields = redis_fields(profile, profile_json)
             t8 = clock()
             spent["journey"] += t3 - t2

@@ -27,7 +27,7 @@ from models.identity import event_identifiers
 from models.ingest import Rejection, dead_letter, decode_message, reason_kind
 from models import stitching
 from models.journeys import Hop, JourneyBuffer, journey_entries, record_journey, week_windows
-from models.outputs import SCHEMA_VERSION
+from models.outputs import SCHEMA_VERSION, update_json
 from models.personas import merge_tallies, summarize, tally_members
 from models.profile import Step, apply_events, copy_state
 from models.segmentation import (
@@ -558,10 +558,8 @@ async def publish(wiring: Wiring, step: Step, moves: list[SegmentMove] = ()) -> 
         "ts": now_iso(),
         "changed": step.changed,
     }
-    # The ProfileUpdate with "profile" last, spliced from the JSON made for Redis: the same bytes
-    # as dumping the whole update, without serialising the profile twice.
-    value = orjson.dumps(update)[:-1] + b',"profile":' + profile_json + b"}"
-    await wiring.updates_topic.send(key=customer_id.encode(), value=value)
+    # Spliced from the JSON made for Redis: the profile is serialised once.
+    await wiring.updates_topic.send(key=customer_id.encode(), value=update_json(update, profile_json))
     wiring.sink.stage(customer_id, profile["version"], redis_fields(profile, profile_json))
     for move in moves:
         change = {

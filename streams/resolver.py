@@ -61,8 +61,8 @@ class Resolver:
     def _get(self, key: str) -> object:
         if key in self._unwritten:
             return self._unwritten[key]
-        # The table's store directly: Faust's own get runs a sensor and raises and catches a
-        # KeyError on every miss, and every suppression check is a miss.
+        # The table's store directly: Faust's own get adds a sensor call, a membership test and
+        # its __missing__ to every read, and every suppression check is a miss.
         return self.table.data.get(key.encode())
 
     def digest(self, ident: str) -> str:

@@ -150,7 +150,12 @@ class RedisProfileSink:
         """Remember the latest fields of a customer until the next flush.
 
         ``fields``: text values (models.view.redis_fields), plus the ``json`` document as bytes.
+        Anything else would reach Redis changed (the flush sends the fields as one JSON object), so
+        it is refused here, where the mistake is.
         """
+        for name, value in fields.items():
+            if type(value) is not str and name != "json":
+                raise TypeError(f"Redis profile field {name!r} must be text, not {type(value).__name__}")
         staged = self._pending.get(customer_id)
         if staged is None or staged[0] <= version:
             self._pending[customer_id] = (version, fields)

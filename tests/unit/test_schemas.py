@@ -23,3 +23,19 @@ def test_event_schemas_state_the_contract():
         assert {"event_id", "type", "ts"} <= set(schema["required"])
         assert ("channel" in schema["required"]) == (source in ("clickstream", "social"))
         assert schema["additionalProperties"] is True
+
+
+def test_a_spliced_update_is_the_update_dumped_whole():
+    import random
+
+    import orjson
+
+    from models.outputs import update_json
+
+    rng = random.Random(3)
+    texts = ["c-1", "zoë \"q\" \\ ✓", "line\nbreak", "\u2028", "", "😀"]
+    for _ in range(300):
+        head = {rng.choice(texts) + str(i): rng.choice([1, 2.5, None, True, rng.choice(texts), [rng.choice(texts)]])
+                for i in range(rng.randrange(0, 5))}
+        profile = {rng.choice(texts): {"n": rng.randrange(9), "s": rng.choice(texts)} for _ in range(rng.randrange(4))}
+        assert update_json(head, orjson.dumps(profile)) == orjson.dumps({**head, "profile": profile})

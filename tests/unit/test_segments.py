@@ -230,3 +230,15 @@ def test_nearest_kmeans_learns_what_rivers_kmeans_learns():
     assert fresh.predict_one(tie) == 0
     unseeded = NearestKMeans(n_clusters=3, seed=2)  # river's random defaultdict centres: river's own search
     assert unseeded.predict_one({"a": 1.0}) == cluster.KMeans(n_clusters=3, seed=2).predict_one({"a": 1.0})
+
+
+def test_nearest_kmeans_with_a_nan_in_the_vector_answers_as_river():
+    from river import cluster
+
+    from models.segments import NearestKMeans
+
+    ours, rivers = NearestKMeans(n_clusters=2, seed=1), cluster.KMeans(n_clusters=2, seed=1)
+    for model in (ours, rivers):
+        model.centers[0], model.centers[1] = {"a": 0.0, "b": 0.0}, {"a": 5.0, "b": 5.0}
+    x = {"a": float("nan"), "b": 4.0}
+    assert ours.predict_one(x) == rivers.predict_one(x) == 0

@@ -17,7 +17,7 @@ import pytest
 
 from models.outputs import ProfileUpdate
 from models.profile import SESSION_GAP_MS, apply_events
-from models.view import iso, rate, redis_fields, render_profile, rfm, top
+from models.view import iso, iso_text, rate, redis_fields, render_profile, rfm, top
 
 BOOKKEEPING_KEYS = {
     "seen",
@@ -305,6 +305,9 @@ def test_iso_is_utc_with_milliseconds(ref):
     for ms in (0, -1, 86_399_999, 86_400_000, 951_782_400_000, 4_107_542_399_999, 1_795_341_600_123):
         assert iso(ms) == ref.iso(ms)  # epoch, before it, day and leap-day boundaries
     assert iso(1_795_341_600_123.0) == ref.iso(1_795_341_600_123)  # a float takes the general path
+    for _ in range(2_000):  # and the datetime formatting it replaced, over the times the validator admits
+        ms = rng.randrange(946_684_800_000, 4_102_444_800_000)
+        assert iso_text(ms) == datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     assert (
         datetime.strptime(iso(ref.T0), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000
         == ref.T0
@@ -402,3 +405,14 @@ def test_top_matches_the_reference_on_random_counters(ref):
         counter = {f"k{rng.randrange(40)}": rng.randrange(1, 6) for _ in range(rng.randrange(1, 30))}
         n = rng.randrange(1, 12)
         assert top(counter, n) == ref.top(counter, n)
+
+
+def test_the_profile_sink_takes_the_redis_fields_and_refuses_other_values(ref):
+    from streams.sinks import RedisLayout, RedisProfileSink
+
+    sink = RedisProfileSink("redis://127.0.0.1:1", RedisLayout("t:"))  # never connects: staging only
+    profile = render_profile(apply_events(None, "c-1", [ref.record("e1", "page_view", ref.T0)]).state)
+    sink.stage("c-1", 1, redis_fields(profile, orjson.dumps(profile)))
+    with pytest.raises(TypeError, match="'orders' must be text, not int"):
+        sink.stage("c-2", 1, {"orders": 3, "json": b"{}"})
+    assert sink.pending == 1
