@@ -127,6 +127,22 @@ class Absorbed:
     merged: bool  # a history was merged in (score and publish even if no event is new)
     withdrawn: JourneyDelta = field(default_factory=JourneyDelta)  # the absorbed timeline's counters, reversed
     added: JourneyDelta = field(default_factory=JourneyDelta)  # what its touches add to this timeline
+    double_counted: int = 0  # events in both histories' deduplication windows (see overlap)
+
+
+def overlap(held: State, other: State) -> int:
+    """Events applied to both profiles, as far as their deduplication windows tell (a lower bound).
+
+    A survivor that gave up waiting for a merge (:func:`receive`) folded its held events; if one
+    of them had reached the absorbed profile too (a redelivered event, first routed there), the
+    merge counts it twice. Counters cannot take one event back out, so it is counted and
+    reported instead (``omniprofile_merge_double_counted_total``).
+
+    >>> overlap({"seen": ["e1", "e2", "absorbed:anon:z"]}, {"seen": ["e2", "e3", "absorbed:anon:z"]})
+    1
+    """
+    ours = {e for e in held.get("seen", ()) if not e.startswith("absorbed:")}
+    return len(ours.intersection(other.get("seen", ())))
 
 
 def absorb(
@@ -149,6 +165,7 @@ def absorb(
     result = Absorbed(state, [], bool(waiting), other is not None)
     mark = absorbed_mark(message["from"])
     if other is not None:
+        result.double_counted = overlap(state, other)
         result.state = merge_states(state, other, dedup_window)
         if dedup_window:
             result.state["seen"] = [*result.state["seen"], mark][-dedup_window:]

@@ -381,6 +381,11 @@ async def absorb(
         return
     s = wiring.settings
     result = stitching.absorb(held, message, now_ms(), s.dedup_window, s.journey_window_ms, s.journey_halflife_ms)
+    if result.double_counted:
+        wiring.stats.merge_double_counted += result.double_counted
+        log.warning("Profile %s absorbed %s after it had stopped waiting for it: %d event(s) of both are "
+                    "counted twice (OMNIPROFILE_IDENTITY_MERGE_WAIT_SECONDS longer would have held them)",
+                    key.decode(), message["from"], result.double_counted)
     if journeys is not None:
         journeys.add(journey_entries(result.withdrawn))
         journeys.add(journey_entries(result.added))

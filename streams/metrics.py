@@ -34,6 +34,7 @@ class WorkerStats:
 
     events_valid: Counter = field(default_factory=Counter)  # source -> valid events
     dead_letters: Counter = field(default_factory=Counter)  # reason kind -> dead letters
+    merge_double_counted: int = 0  # events counted under both ids of a merge (models.stitching.overlap)
     started_at: float = field(default_factory=time.time)
 
 
@@ -215,6 +216,9 @@ class WorkerMetrics:
         yield CounterMetricFamily("omniprofile_end_offsets_raised", "Partition end offsets the broker listed short and "
                                   "a fetch raised (Tansu after multi-record batches; streams.endoffsets)",
                                   value=ends.raised if ends is not None else 0)
+        yield CounterMetricFamily("omniprofile_merge_double_counted", "Events counted twice by a merge whose "
+                                  "survivor had stopped waiting for it (models.stitching.overlap; a lower bound)",
+                                  value=w.stats.merge_double_counted)
         core = getattr(self.learner, "core", None)
         yield CounterMetricFamily("omniprofile_segment_replays_skipped", "Learning messages re-read after a restart "
                                   "or rebalance and not learned twice (this worker's learner)",

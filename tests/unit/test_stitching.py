@@ -146,3 +146,30 @@ def test_a_hold_is_kept_while_the_stream_is_behind_and_given_up_once_caught_up(r
                         behind_ms=WAIT - 1)
     assert not caught_up.waiting and caught_up.gave_up == ["anon:x"]
     assert [x["event_id"] for x in caught_up.records] == ["e1", "e2"]
+
+
+def test_a_hold_given_up_before_the_handover_counts_the_shared_events_twice_and_says_so(ref):
+    """The known limit of giving up (docs/reliability.md): an event redelivered to the survivor
+    after it reached the absorbed profile is folded in both; absorb counts how many."""
+    anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(4)]
+    absorbed = apply_events(None, "anon:x", anon).state
+    survivor = expect(None, "c-1", "anon:x", now_ms=0)
+    again = [anon[1], anon[3], ref.record("new", "page_view", 3_000)]
+    held = receive(survivor, again, now_ms=10, wait_ms=WAIT)
+    late = receive(held.state, [], now_ms=WAIT + 11, wait_ms=WAIT)  # caught up, the wait is over
+    assert late.gave_up == ["anon:x"]
+    folded = fold(late.state, late.records)
+    a = absorb(folded, handover("anon:x", absorbed, cause="login"), now_ms=WAIT + 20)
+    shared = {r["event_id"] for r in anon} & {r["event_id"] for r in again}
+    assert a.double_counted == len(shared) == 2
+    events, _ = recount(anon, again)
+    assert a.state["events"] == events + len(shared)  # what the metric reports: counted twice
+
+
+def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
+    anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(4)]
+    absorbed = apply_events(None, "anon:x", anon).state
+    survivor = expect(None, "c-1", "anon:x", now_ms=0)
+    r = receive(survivor, [anon[1], anon[3]], now_ms=10, wait_ms=WAIT)
+    a = absorb(r.state, handover("anon:x", absorbed, cause="login"), now_ms=20)
+    assert a.double_counted == 0 and fold(a.state, a.records)["events"] == 4
