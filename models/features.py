@@ -59,6 +59,7 @@ FEATURES: dict[str, str] = {
 }
 
 
+@lru_cache(maxsize=1024)
 def channel_group(channel: str) -> str:
     """The channel group a channel belongs to (for the channel-mix features).
 
@@ -78,11 +79,6 @@ def channel_group(channel: str) -> str:
 def category_bucket(category: str) -> int:
     """A stable bucket for a category (crc32, the same in every process)."""
     return zlib.crc32(category.encode("utf-8")) % CATEGORY_BUCKETS
-
-
-@lru_cache(maxsize=1024)
-def _group_of(channel: str) -> str:
-    return channel_group(channel)
 
 
 def _l(value: float) -> float:
@@ -134,9 +130,9 @@ def extract_features(state: State, scope: str, as_of_ms: int) -> dict[str, float
     groups = dict.fromkeys(CHANNEL_GROUPS, 0)
     if scope == "all":
         for name, block in state["channels"].items():
-            groups[_group_of(name)] += block["events"]
+            groups[channel_group(name)] += block["events"]
     else:
-        groups[_group_of(scope)] = events
+        groups[channel_group(scope)] = events
     total = sum(groups.values()) or 1
     for g, key in _GROUP_KEYS:
         x[key] = _share(groups[g], total)

@@ -29,6 +29,8 @@ def update_json(head: dict[str, Any], profile_json: bytes) -> bytes:
     if not head:
         return b'{"profile":' + profile_json + b"}"
     return orjson.dumps(head)[:-1] + b',"profile":' + profile_json + b"}"
+
+
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 

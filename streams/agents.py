@@ -219,10 +219,6 @@ def sent_ms(event: faust.EventT) -> int | None:
     return int(timestamp * 1000) if timestamp else None
 
 
-def iso_ms(ms: int) -> str:
-    return iso_text(ms)
-
-
 async def update_profile(
     wiring: Wiring, models: ModelCache, event: faust.EventT, journeys: JourneyBuffer | None = None
 ) -> None:
@@ -436,8 +432,8 @@ def hop_record(customer_id: str, hop: Hop) -> dict:
         "from_channel": hop.from_channel,
         "to_channel": hop.to_channel,
         "gap_seconds": hop.gap_ms / 1000,
-        "from_ts": iso_ms(hop.from_ts),
-        "ts": iso_ms(hop.ts),
+        "from_ts": iso_text(hop.from_ts),
+        "ts": iso_text(hop.ts),
         "converted": hop.converted,
         "withdrawn": hop.sign < 0,
     }

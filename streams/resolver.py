@@ -39,7 +39,8 @@ from models.identity import (
 )
 from models.ingest import Rejection
 from models.outputs import SCHEMA_VERSION
-from streams.agents import drain_changelog, guarded, iso_ms, now_iso, send_batches, send_by_customer, send_dead_letter
+from models.view import iso_text
+from streams.agents import drain_changelog, guarded, now_iso, send_batches, send_by_customer, send_dead_letter
 from streams.app import Wiring
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class Resolver:
             "canonical_id": canonical,
             "identifier": ident,
             "event_id": record["event_id"],
-            "event_ts": iso_ms(record["ts"]),
+            "event_ts": iso_text(record["ts"]),
             "ts": now_iso(),
         }
         await self.wiring.identity_topic.send(key=old.encode(), value=orjson.dumps(change))
