@@ -5,7 +5,9 @@ absorbed one and holds its new events (:func:`receive`) until the absorbed profi
 :func:`handover` arrives and is merged in (:func:`absorb`). Holding is what makes an event
 seen under both ids count once: the held events are folded after the absorbed history, so
 the joined deduplication window recognises them. A hold that outlives ``wait_ms`` while the
-stream is caught up is given up.
+stream is caught up is given up; the survivor then keeps a *rewind* (its state before the held
+events, and every event it folds after them) until the late handover comes, and recounts from it
+(:func:`absorb`), so that the late history counts nothing twice either.
 
 Examples
 --------
@@ -24,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.journeys import JourneyDelta, merge_journey
-from models.profile import DAY_MS, DEFAULT_DEDUP_WINDOW, State, copy_state, merge_states, new_state
+from models.profile import (
+    DAY_MS, DEFAULT_DEDUP_WINDOW, MAX_MERGED_FROM, State, apply_events, copy_state, merge_states, new_state,
+)
 
 
 def is_stub(state: State | None) -> bool:
@@ -75,33 +79,66 @@ class Received:
     records: list[dict[str, Any]]  # what to fold now
     waiting: bool = False
     gave_up: list[str] = field(default_factory=list)  # merges no longer waited for
+    unrewound: list[str] = field(default_factory=list)  # given-up merges that can no longer be recounted
 
 
 def receive(
-    held: State | None, records: list[dict[str, Any]], now_ms: int, wait_ms: int, behind_ms: int = 0
+    held: State | None,
+    records: list[dict[str, Any]],
+    now_ms: int,
+    wait_ms: int,
+    behind_ms: int = 0,
+    keep: int = DEFAULT_DEDUP_WINDOW,
 ) -> Received:
     """New events for a profile: hold them while a merge into it is pending, else fold them.
 
     A hold is given up once it is older than ``wait_ms`` while the stream is caught up:
     ``behind_ms`` is how long ago the message carrying ``records`` was sent. A worker working
     through a backlog is behind on the absorbed profile's partition too, so its handover may
-    still be on the way; giving up then would let an event seen under both ids count twice.
+    still be on the way. Giving up starts a rewind (see :func:`absorb`): the state before the
+    held events, and up to ``keep`` events folded since; past that the rewind is dropped
+    (``unrewound``) and a late handover can only report what it counts twice.
 
     >>> s = expect(None, "c-7", "anon:a1", now_ms=0)
     >>> receive(s, [{"event_id": "e1"}], now_ms=60_000, wait_ms=30_000, behind_ms=45_000).waiting
     True
-    >>> receive(s, [{"event_id": "e1"}], now_ms=60_000, wait_ms=30_000, behind_ms=10).gave_up
-    ['anon:a1']
+    >>> r = receive(s, [{"event_id": "e1"}], now_ms=60_000, wait_ms=30_000, behind_ms=10)
+    >>> r.gave_up, r.state["rewind"]["from"], r.state["rewind"]["records"]
+    (['anon:a1'], ['anon:a1'], [{'event_id': 'e1'}])
     """
     pending = held.get("pending") if held else None
     if not pending:
-        return Received(held, records)
+        if held is None or "rewind" not in held:
+            return Received(held, records)
+        state = copy_state(held)
+        return Received(state, records, unrewound=_log(state, records, keep))
     state = copy_state(held)
     if now_ms - pending["since"] < wait_ms or behind_ms >= wait_ms:
         state["pending"]["held"].extend(records)
         return Received(state, [], waiting=True)
     given_up = state.pop("pending")
-    return Received(state, given_up["held"] + records, gave_up=given_up["from"])
+    folded = given_up["held"] + records
+    if keep and "rewind" not in state:
+        base = copy_state(state)
+        for name in ("journey", "segments", "segment_history"):  # not recounted (see _recount)
+            base.pop(name, None)
+        state["rewind"] = {"from": [], "base": base, "records": []}
+    if "rewind" in state:
+        state["rewind"]["from"] += [x for x in given_up["from"] if x not in state["rewind"]["from"]]
+    return Received(state, folded, gave_up=given_up["from"], unrewound=_log(state, folded, keep))
+
+
+def _log(state: State, records: list[dict[str, Any]], keep: int) -> list[str]:
+    """Add ``records`` (about to be folded) to ``state``'s rewind; drop the rewind once it would
+    hold more than ``keep`` events, and return the merges it was kept for."""
+    rewind = state.get("rewind")
+    if rewind is None:
+        return []
+    rewind["records"].extend(records)
+    if len(rewind["records"]) <= keep:
+        return []
+    del state["rewind"]
+    return rewind["from"]
 
 
 def handover(key: str, held: State | None, cause: str | None) -> dict[str, Any]:
@@ -109,6 +146,8 @@ def handover(key: str, held: State | None, cause: str | None) -> dict[str, Any]:
     and whatever it was itself still waiting for."""
     state = copy_state(held) if held is not None else None
     pending = state.pop("pending", None) if state is not None else None
+    if state is not None:
+        state.pop("rewind", None)  # merges it gave up on, arriving later, follow it as plain merges
     return {
         "op": "absorb",
         "from": key,
@@ -128,6 +167,8 @@ class Absorbed:
     withdrawn: JourneyDelta = field(default_factory=JourneyDelta)  # the absorbed timeline's counters, reversed
     added: JourneyDelta = field(default_factory=JourneyDelta)  # what its touches add to this timeline
     double_counted: int = 0  # events in both histories' deduplication windows (see overlap)
+    recounted: int = 0  # as many, counted once thanks to the rewind (a given-up hold's late handover)
+    unrewound: list[str] = field(default_factory=list)  # see Received.unrewound
 
 
 def overlap(held: State, other: State) -> int:
@@ -135,14 +176,40 @@ def overlap(held: State, other: State) -> int:
 
     A survivor that gave up waiting for a merge (:func:`receive`) folded its held events; if one
     of them had reached the absorbed profile too (a redelivered event, first routed there), the
-    merge counts it twice. Counters cannot take one event back out, so it is counted and
-    reported instead (``omniprofile_merge_double_counted_total``).
+    merge would count it twice. The rewind recounts such a merge (:func:`absorb`); without one
+    (given up on too many events ago) counters cannot take one event back out, so it is counted
+    and reported instead (``omniprofile_merge_double_counted_total``).
 
     >>> overlap({"seen": ["e1", "e2", "absorbed:anon:z"]}, {"seen": ["e2", "e3", "absorbed:anon:z"]})
     1
     """
     ours = {e for e in held.get("seen", ()) if not e.startswith("absorbed:")}
     return len(ours.intersection(other.get("seen", ())))
+
+
+def _merge_in(state: State, other: State, absorbed: str, dedup_window: int) -> State:
+    out = merge_states(state, other, dedup_window)
+    if dedup_window:
+        out["seen"] = [*out["seen"], absorbed_mark(absorbed)][-dedup_window:]
+    return out
+
+
+def _recount(state: State, rewind: dict[str, Any], other: State, absorbed: str, dedup_window: int) -> State:
+    """``state`` had given up waiting for ``absorbed``: its profile as if it had waited. The rewind's
+    base (the state before the held events) absorbs ``other``, then the events folded since are
+    folded again, so the deduplication window skips those ``other`` had counted already. The
+    timeline and the segments are ``state``'s own (touches are kept once per event by
+    :func:`models.journeys.merge_journey`; segments follow the next scoring)."""
+    out = apply_events(_merge_in(rewind["base"], other, absorbed, dedup_window), state["customer_id"],
+                       rewind["records"], dedup_window).state
+    for name in ("journey", "segments", "segment_history"):
+        out.pop(name, None)
+        if name in state:
+            out[name] = state[name]
+    merged = [*out.get("merged_from", []), *state.get("merged_from", [])]
+    out["merged_from"] = list(dict.fromkeys(merged))[:MAX_MERGED_FROM]
+    out["version"] = max(out["version"], state["version"]) + 1
+    return out
 
 
 def absorb(
@@ -154,28 +221,43 @@ def absorb(
     halflife_ms: int = DAY_MS,
 ) -> Absorbed:
     """Merge a :func:`handover` into ``held`` (rules: :func:`models.profile.merge_states`);
-    a handover merged in before (a replay, :func:`already_absorbed`) adds no history again."""
+    a handover merged in before (a replay, :func:`already_absorbed`) adds no history again.
+
+    The late handover of a hold given up (:func:`receive`) is merged in by rewinding
+    (:func:`_recount`). While a rewind is kept, every other history merged in joins its base
+    too, and every event folded after a merge joins its events."""
     state = copy_state(held)
     pending = state.pop("pending", None) or {"from": [], "held": [], "since": now_ms}
+    rewind = state.pop("rewind", None)
     waiting = [x for x in pending["from"] if x != message["from"]] + list(message["pending"])
     records = pending["held"] + message["held"]
     other = message["state"]
-    if other is not None and already_absorbed(held, message["from"]):
+    absorbed = message["from"]
+    if other is not None and already_absorbed(held, absorbed):
         other = None  # a replayed handover: its history is in already (its held events dedup)
     result = Absorbed(state, [], bool(waiting), other is not None)
-    mark = absorbed_mark(message["from"])
     if other is not None:
-        result.double_counted = overlap(state, other)
-        result.state = merge_states(state, other, dedup_window)
-        if dedup_window:
-            result.state["seen"] = [*result.state["seen"], mark][-dedup_window:]
+        shared = overlap(state, other)
+        if rewind is not None and absorbed in rewind["from"]:
+            result.state, result.recounted = _recount(state, rewind, other, absorbed, dedup_window), shared
+        else:
+            result.state, result.double_counted = _merge_in(state, other, absorbed, dedup_window), shared
+        if rewind is not None:
+            rewind["base"] = _merge_in(rewind["base"], other, absorbed, dedup_window)
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
-    elif dedup_window and not already_absorbed(held, message["from"]):
+    elif dedup_window and not already_absorbed(held, absorbed):
         # A profile without events handed over nothing, but it is merged in all the same: a
         # replayed ``expect`` must not open a hold that no handover will ever end.
-        result.state["seen"] = [*result.state.get("seen", []), mark][-dedup_window:]
+        for target in (result.state, rewind["base"] if rewind is not None else None):
+            if target is not None:
+                target["seen"] = [*target.get("seen", []), absorbed_mark(absorbed)][-dedup_window:]
+    if rewind is not None:
+        rewind["from"] = [x for x in rewind["from"] if x != absorbed]
+        if rewind["from"]:
+            result.state["rewind"] = rewind
     if waiting:
         result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}
     else:
         result.records = records
+        result.unrewound = _log(result.state, records, dedup_window)
     return result

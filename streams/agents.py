@@ -297,14 +297,23 @@ async def receive_records(
     """``sent_at_ms``: when the message carrying ``records`` was sent (how far behind this stream is)."""
     now = now_ms()
     behind = max(0, now - sent_at_ms) if sent_at_ms is not None else 0
-    received = stitching.receive(held, records, now, int(wiring.settings.identity_merge_wait_seconds * 1000), behind)
+    s = wiring.settings
+    received = stitching.receive(held, records, now, int(s.identity_merge_wait_seconds * 1000), behind, s.dedup_window)
     if received.waiting:
         wiring.profiles[key] = received.state
         return
     if received.gave_up:
-        log.warning("Profile %s waited too long for the merge of %s; applying its held events",
-                    key.decode(), ", ".join(received.gave_up))
+        log.warning("Profile %s waited too long for the merge of %s; applying its held events (and keeping "
+                    "what it folds until that merge comes, to recount it)", key.decode(), ", ".join(received.gave_up))
+    warn_unrewound(key, received.unrewound, s.dedup_window)
     await fold_records(wiring, models, key, received.state, received.records, journeys)
+
+
+def warn_unrewound(key: bytes, merges: list[str], kept: int) -> None:
+    if merges:
+        log.warning("Profile %s folded more than %d events since it gave up waiting for the merge of %s; it no "
+                    "longer keeps them, so that merge, when it comes, can count an event twice "
+                    "(omniprofile_merge_double_counted_total)", key.decode(), kept, ", ".join(merges))
 
 
 async def fold_records(
@@ -382,6 +391,11 @@ async def absorb(
         log.warning("Profile %s absorbed %s after it had stopped waiting for it: %d event(s) of both are "
                     "counted twice (OMNIPROFILE_IDENTITY_MERGE_WAIT_SECONDS longer would have held them)",
                     key.decode(), message["from"], result.double_counted)
+    if result.recounted:
+        wiring.stats.merge_recounted += result.recounted
+        log.info("Profile %s absorbed %s after it had stopped waiting for it and recounted from what it kept: "
+                 "%d event(s) of both counted once", key.decode(), message["from"], result.recounted)
+    warn_unrewound(key, result.unrewound, s.dedup_window)
     if journeys is not None:
         journeys.add(journey_entries(result.withdrawn))
         journeys.add(journey_entries(result.added))

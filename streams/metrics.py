@@ -35,6 +35,7 @@ class WorkerStats:
     events_valid: Counter = field(default_factory=Counter)  # source -> valid events
     dead_letters: Counter = field(default_factory=Counter)  # reason kind -> dead letters
     merge_double_counted: int = 0  # events counted under both ids of a merge (models.stitching.overlap)
+    merge_recounted: int = 0  # as many, counted once by a given-up hold's rewind (models.stitching.absorb)
     started_at: float = field(default_factory=time.time)
 
 
@@ -219,6 +220,9 @@ class WorkerMetrics:
         yield CounterMetricFamily("omniprofile_merge_double_counted", "Events counted twice by a merge whose "
                                   "survivor had stopped waiting for it (models.stitching.overlap; a lower bound)",
                                   value=w.stats.merge_double_counted)
+        yield CounterMetricFamily("omniprofile_merge_recounted", "Events a late merge would have counted twice, "
+                                  "counted once by rewinding the survivor (models.stitching.absorb)",
+                                  value=w.stats.merge_recounted)
         core = getattr(self.learner, "core", None)
         yield CounterMetricFamily("omniprofile_segment_replays_skipped", "Learning messages re-read after a restart "
                                   "or rebalance and not learned twice (this worker's learner)",

@@ -63,7 +63,8 @@ def fake_worker(lag_committed: dict, ends: dict):
     other = SimpleNamespace(pending=0, failed_flushes=0)
     wiring = SimpleNamespace(names=names, sink=sink, journey_sink=other, identity_sink=other,
                              stats=WorkerStats(events_valid=Counter({"clickstream": 6}),
-                                               dead_letters=Counter({"invalid_json": 1}), merge_double_counted=5),
+                                               dead_letters=Counter({"invalid_json": 1}), merge_double_counted=5,
+                                               merge_recounted=4),
                              settings=SimpleNamespace(stall_seconds=60))
     serving = SimpleNamespace(backlog=5, rewritten=2, restaged=7, catch_ups={"scanned": 3, "clean_handover": 1})
     learner = SimpleNamespace(core=SimpleNamespace(replays_skipped=6))
@@ -100,6 +101,7 @@ def test_collector_reports_lag_from_end_minus_committed():
     assert m["omniprofile_flush_overtaken_total"] == [({}, 8.0)]
     assert m["omniprofile_end_offsets_raised_total"] == [({}, 9.0)]
     assert m["omniprofile_merge_double_counted_total"] == [({}, 5.0)]
+    assert m["omniprofile_merge_recounted_total"] == [({}, 4.0)]
     assert m["omniprofile_segment_replays_skipped_total"] == [({}, 6.0)]
     doc = metrics.health_document()
     assert doc["status"] == "ok" and doc["input_lag"] == 13 and doc["redis_pending"] == 2

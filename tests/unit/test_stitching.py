@@ -5,8 +5,13 @@ revenue), not taken from the code under test."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from models.profile import MAX_MERGED_FROM, apply_events
 from models.stitching import absorb, expect, handover, is_stub, receive, stub
+from tests.unit.test_merge import without
 
 WAIT = 30_000
 
@@ -148,22 +153,130 @@ def test_a_hold_is_kept_while_the_stream_is_behind_and_given_up_once_caught_up(r
     assert [x["event_id"] for x in caught_up.records] == ["e1", "e2"]
 
 
-def test_a_hold_given_up_before_the_handover_counts_the_shared_events_twice_and_says_so(ref):
-    """The known limit of giving up (docs/reliability.md): an event redelivered to the survivor
-    after it reached the absorbed profile is folded in both; absorb counts how many."""
+def test_a_late_handover_after_giving_up_is_recounted_from_the_rewind(ref):
+    """An event redelivered to the survivor after it reached the absorbed profile, held, then
+    folded when the survivor gave up waiting: the late handover rewinds and counts it once."""
     anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(4)]
+    anon.append(ref.record("a-buy", "purchase", 1_500, customer_id=None, anonymous_id="x", revenue=20.0))
     absorbed = apply_events(None, "anon:x", anon).state
-    survivor = expect(None, "c-1", "anon:x", now_ms=0)
-    again = [anon[1], anon[3], ref.record("new", "page_view", 3_000)]
+    own = [ref.record("c0", "purchase", 500, revenue=12.5)]
+    survivor = expect(apply_events(None, "c-1", own).state, "c-1", "anon:x", now_ms=0)
+    again = [anon[1], anon[-1], ref.record("new", "page_view", 3_000)]
     held = receive(survivor, again, now_ms=10, wait_ms=WAIT)
     late = receive(held.state, [], now_ms=WAIT + 11, wait_ms=WAIT)  # caught up, the wait is over
-    assert late.gave_up == ["anon:x"]
+    assert late.gave_up == ["anon:x"] and late.state["rewind"]["from"] == ["anon:x"]
     folded = fold(late.state, late.records)
+    after = [anon[3], ref.record("later", "add_to_cart", 4_000)]  # folded after giving up, one shared
+    r = receive(folded, after, now_ms=WAIT + 12, wait_ms=WAIT)
+    assert not r.waiting and [x["event_id"] for x in r.state["rewind"]["records"]] == ["a1", "a-buy", "new", "a3", "later"]
+    folded = fold(r.state, r.records)
+    events_before, revenue_before = recount(own, again, after)
+    assert folded["events"] == events_before and folded["all"]["revenue_cents"] == revenue_before
+    folded["segments"], folded["segment_history"] = {"all": 2}, [[3_000, "all", None, 2]]  # scored since
+
     a = absorb(folded, handover("anon:x", absorbed, cause="login"), now_ms=WAIT + 20)
-    shared = {r["event_id"] for r in anon} & {r["event_id"] for r in again}
-    assert a.double_counted == len(shared) == 2
-    events, _ = recount(anon, again)
-    assert a.state["events"] == events + len(shared)  # what the metric reports: counted twice
+    shared = {x["event_id"] for x in anon} & {x["event_id"] for x in again + after}
+    assert a.recounted == len(shared) == 3 and a.double_counted == 0
+    assert not a.waiting and a.merged and a.records == [] and "rewind" not in a.state
+    events, revenue = recount(anon, own, again, after)
+    assert a.state["events"] == events == 8
+    assert a.state["all"]["revenue_cents"] == revenue == 3250
+    assert a.state["all"]["types"] == {"page_view": 5, "purchase": 2, "add_to_cart": 1}
+    assert a.state["merged_from"] == ["anon:x"] and a.state["version"] > folded["version"]
+    assert a.state["segments"] == {"all": 2} and a.state["segment_history"] == [[3_000, "all", None, 2]]
+    # a replayed handover (a restart before the stub was stored) recounts nothing again
+    replay = absorb(a.state, handover("anon:x", absorbed, cause="login"), now_ms=WAIT + 30)
+    assert not replay.merged and replay.state["events"] == events
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_giving_up_and_rewinding_equals_one_customer_who_made_every_event(seed, ref):
+    """Random histories: some of the absorbed profile's events are redelivered to the survivor
+    during the hold and after it was given up; two merges given up, their handovers late, in either
+    order. The result is the fold of the distinct events (test_merge: merging equals folding)."""
+    rng = random.Random(seed)
+    records = ref.random_records(seed, n=120, anonymous_ids=("x", "y"))
+    x_part, y_part, own, later = [], [], [], []
+    for r in records:
+        [x_part, y_part, own, later][rng.randrange(4)].append(r)
+    redelivered = rng.sample(x_part, len(x_part) // 3) + rng.sample(y_part, len(y_part) // 3)
+    during = own + redelivered[: len(redelivered) // 2]
+    since = later + redelivered[len(redelivered) // 2:]
+    rng.shuffle(during)
+    rng.shuffle(since)
+    x = apply_events(None, "anon:x", x_part).state
+    y = apply_events(None, "anon:y", y_part).state
+
+    state = expect(expect(None, "c-1", "anon:x", now_ms=0), "c-1", "anon:y", now_ms=0)
+    state = receive(state, during, now_ms=1, wait_ms=WAIT).state
+    given_up = receive(state, since[:5], now_ms=WAIT + 1, wait_ms=WAIT)
+    assert sorted(given_up.gave_up) == ["anon:x", "anon:y"] and not given_up.unrewound
+    state = fold(given_up.state, given_up.records)
+    for i in range(5, len(since), 7):
+        r = receive(state, since[i:i + 7], now_ms=WAIT + 2 + i, wait_ms=WAIT)
+        state = fold(r.state, r.records)
+    for name, history in rng.sample([("anon:x", x), ("anon:y", y)], 2):
+        a = absorb(state, handover(name, history, cause="login"), now_ms=2 * WAIT)
+        assert a.double_counted == 0
+        state = fold(a.state, a.records)
+    assert "rewind" not in state
+    whole = apply_events(None, "c-1", records).state
+    state.pop("journey")  # an empty timeline here: the worker records touches outside apply_events
+    assert without(state) == without(whole)
+    revenue = sum(round(r["properties"]["revenue"] * 100) for r in records if "revenue" in r["properties"])
+    assert state["events"] == len(records) and state["all"]["revenue_cents"] == revenue
+    assert sorted(state["merged_from"]) == ["anon:x", "anon:y"]
+
+
+def test_a_merge_done_while_rewinding_joins_the_rewind(ref):
+    """z's handover comes in time (a plain merge) while the survivor keeps a rewind for x: the
+    late x then rewinds over a base that has z's history too, and loses none of it."""
+    x_events = [ref.record(f"x{i}", "page_view", 100 + i, customer_id=None, anonymous_id="x") for i in range(3)]
+    z_events = [ref.record(f"z{i}", "page_view", 200 + i, customer_id=None, anonymous_id="z") for i in range(4)]
+    x = apply_events(None, "anon:x", x_events).state
+    z = apply_events(None, "anon:z", z_events).state
+    state = receive(expect(None, "c-1", "anon:x", now_ms=0), [x_events[0]], now_ms=1, wait_ms=WAIT).state
+    r = receive(state, [ref.record("own", "page_view", 300)], now_ms=WAIT + 1, wait_ms=WAIT)
+    state = fold(r.state, r.records)
+    state = expect(state, "c-1", "anon:z", now_ms=WAIT + 2)
+    state = receive(state, [z_events[2], ref.record("held", "page_view", 400)], WAIT + 3, WAIT).state
+    a = absorb(state, handover("anon:z", z, cause="link"), now_ms=WAIT + 4)
+    assert a.state["rewind"]["from"] == ["anon:x"] and a.double_counted == 0
+    assert [e["event_id"] for e in a.state["rewind"]["records"]] == ["x0", "own", "z2", "held"]
+    state = fold(a.state, a.records)
+    a = absorb(state, handover("anon:x", x, cause="login"), now_ms=WAIT + 5)
+    assert a.recounted == 1 and "rewind" not in a.state
+    state = fold(a.state, a.records)
+    events, _ = recount(x_events, z_events, [{"event_id": "own", "properties": {}}, {"event_id": "held", "properties": {}}])
+    assert state["events"] == events == 9
+    assert sorted(state["merged_from"]) == ["anon:x", "anon:z"]
+
+
+def test_a_rewind_past_its_limit_is_dropped_and_the_late_merge_says_what_it_counts_twice(ref):
+    """The rewind keeps at most ``keep`` events; past that a late handover counts the shared
+    events twice, and absorb says how many (omniprofile_merge_double_counted_total)."""
+    anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(4)]
+    absorbed = apply_events(None, "anon:x", anon).state
+    held = receive(expect(None, "c-1", "anon:x", now_ms=0), [anon[1], anon[3]], now_ms=10, wait_ms=WAIT)
+    late = receive(held.state, [ref.record("new", "page_view", 3_000)], now_ms=WAIT + 11, wait_ms=WAIT, keep=3)
+    assert late.gave_up == ["anon:x"] and not late.unrewound and len(late.state["rewind"]["records"]) == 3
+    folded = fold(late.state, late.records)
+    more = receive(folded, [ref.record("more", "page_view", 3_001)], now_ms=WAIT + 12, wait_ms=WAIT, keep=3)
+    assert more.unrewound == ["anon:x"] and "rewind" not in more.state
+    folded = fold(more.state, more.records)
+    a = absorb(folded, handover("anon:x", absorbed, cause="login"), now_ms=WAIT + 20)
+    assert a.double_counted == 2 and a.recounted == 0
+    events, _ = recount(anon, [{"event_id": "new", "properties": {}}, {"event_id": "more", "properties": {}}])
+    assert a.state["events"] == events + 2  # what the metric reports: counted twice
+
+
+def test_a_profile_merged_away_while_rewinding_hands_over_no_rewind(ref):
+    held = receive(expect(None, "anon:s", "anon:x", now_ms=0), [ref.record("e1", "page_view", 1)], 1, WAIT)
+    late = receive(held.state, [], now_ms=WAIT + 2, wait_ms=WAIT)
+    state = fold(late.state, late.records)
+    assert "rewind" in state
+    message = handover("anon:s", state, cause="login")
+    assert "rewind" not in message["state"] and message["state"]["events"] == 1
 
 
 def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
