@@ -38,6 +38,7 @@ from models.synthetic import generate
 from streams.admin import OutputFollower, client_options, producer, read_records, read_topic
 from streams.commands import Worker, worker_env
 from streams.local import RedisServer, Tansu
+from streams.throughput import proc_cpu
 from tests.integration.conftest import Stack, make_stack
 from tests.integration.faults_report import FIGURES, Figures
 from tests.integration.oracle import compare, expected_profiles
@@ -316,12 +317,14 @@ def judge(stack: Stack, sent: list[tuple[str, dict]], changelog: dict[str, bytes
     return verdict
 
 
-def drain(stack: Stack, total: int, alive: Callable[[], bool] | None = None, timeout: float = 300.0) -> float:
+def drain(stack: Stack, total: int, alive: Callable[[], bool] | None = None, timeout: float = 300.0,
+          reached_hook: Callable[[], None] | None = None) -> float:
     """Wait until the published profiles hold ``total`` events and stay there.
 
     Returns when (epoch seconds, the worker's producer timestamp) the last update needed to reach
     ``total`` was published: unlike the time this follower took to read it, it does not include the
-    follower's own catch-up on everything published earlier."""
+    follower's own catch-up on everything published earlier. ``reached_hook`` runs as soon as the
+    follower has seen that update (before the wait for the last writes)."""
     follower = OutputFollower(stack.settings)
     try:
         deadline = time.monotonic() + timeout
@@ -331,6 +334,8 @@ def drain(stack: Stack, total: int, alive: Callable[[], bool] | None = None, tim
                 pytest.fail(f"only {follower.events_applied} of {total} events applied\n{stall_diagnosis(stack)}")
             follower.poll(500)
         reached = follower.last_update_ms / 1000
+        if reached_hook is not None:
+            reached_hook()
         time.sleep(2.0)  # the last Redis flush and changelog writes
         return reached
     finally:
@@ -707,7 +712,8 @@ Backlog = list[tuple[Message, int]]  # each message with the number of valid eve
 
 def throughput_note(stack: Stack, clean: Backlog, poisoned: Backlog, warm_up: Backlog, intensity: Intensity) -> str:
     """Valid events per second of a clean backlog and of the poisoned one, same worker (a figure, not
-    an assertion: timings belong in reports).
+    an assertion: timings belong in reports), and per CPU second of the worker process (what the
+    worker itself spends; unlike the wall clock, not moved by what else runs on the machine).
 
     Each backlog is published while the worker is stopped, and timed from the restarted worker's
     readiness to the publish time of the update that completed it. A worker's first start has no
@@ -720,6 +726,7 @@ def throughput_note(stack: Stack, clean: Backlog, poisoned: Backlog, warm_up: Ba
         runs = [("warm-up", warm_up), ("clean", c1), ("poisoned", p1), ("poisoned", p2), ("clean", c2)]
     events = Counter[str]()
     seconds = Counter[str]()
+    cpu = Counter[str]()
     total = 0
     for n, (label, backlog) in enumerate(runs):
         assert stack.worker.stop() == 0, stack.worker.tail()
@@ -728,16 +735,20 @@ def throughput_note(stack: Stack, clean: Backlog, poisoned: Backlog, warm_up: Ba
             prod.send(stack.names.source(source), key=key, value=value)
         prod.flush()
         prod.close()
-        stack.start_worker(f"worker-backlog-{n}.log")
-        ready = time.time()
+        worker = stack.start_worker(f"worker-backlog-{n}.log")
+        ready, cpu_ready = time.time(), proc_cpu(worker.proc.pid)
         valid = sum(count for _, count in backlog)
         total += valid
-        seconds[label] += drain(stack, total) - ready
+        at_end: list[float] = []
+        seconds[label] += drain(stack, total, reached_hook=lambda: at_end.append(proc_cpu(worker.proc.pid))) - ready
+        cpu[label] += at_end[0] - cpu_ready
         events[label] += valid
     clean_rate, poisoned_rate = (events[label] / seconds[label] for label in ("clean", "poisoned"))
+    clean_cpu, poisoned_cpu = (events[label] / cpu[label] for label in ("clean", "poisoned"))
     order = ", ".join(label for label, _ in runs)
     return (f"valid events/s: clean {clean_rate:,.0f}, with poison {poisoned_rate:,.0f} "
-            f"({poisoned_rate / clean_rate:.2f}x; {order})")
+            f"({poisoned_rate / clean_rate:.2f}x; {order}); per worker CPU second: clean {clean_cpu:,.0f}, "
+            f"with poison {poisoned_cpu:,.0f} ({poisoned_cpu / clean_cpu:.2f}x)")
 
 
 def halves(backlog: Backlog) -> tuple[Backlog, Backlog]:
