@@ -296,6 +296,7 @@ def _copy(value: Any) -> Any:
 
 
 ID_PREFIX, GROUP_PREFIX, SUPPRESSED_PREFIX = "i|", "g|", "s|"
+ERASING_KEY = "e|deferred"  # erasure requests put off while Redis was unreachable (streams.resolver)
 
 
 def store_graph(get: Any) -> tuple[Graph, Overlay, Overlay]:

@@ -40,6 +40,22 @@ def stub(into: str, now_ms: int) -> State:
     return {"merged_into": into, "ts": now_ms}
 
 
+def erased(now_ms: int, segments: dict[str, str]) -> State:
+    """What an erased profile leaves in the table while Redis has not confirmed its delete (Redis
+    unreachable): no personal data, only the key and the segment sets to take it out of, so that a
+    worker that takes the partition over (after a crash) deletes it from Redis all the same."""
+    return {"erased": now_ms, "segments": dict(segments)}
+
+
+def is_erased(state: State | None) -> bool:
+    return state is not None and "erased" in state
+
+
+def is_placeholder(state: State | None) -> bool:
+    """A key that holds no profile: merged away (a stub) or erased (see :func:`erased`)."""
+    return state is not None and ("merged_into" in state or "erased" in state)
+
+
 def already_absorbed(held: State | None, absorbed: str) -> bool:
     """``held`` has merged ``absorbed`` in before: a merge message seen again is a replay.
 

@@ -235,6 +235,9 @@ async def update_profile(
     if stitching.is_stub(held):
         await forward_from_stub(wiring, key, held, message, event.value)
         return
+    if stitching.is_erased(held):
+        await to_erased(wiring, key, held, message)
+        return
     if isinstance(message, list):
         await receive_records(wiring, models, key, held, message, journeys, sent_ms(event))
         return
@@ -264,6 +267,8 @@ async def update_batch(
             held = wiring.profiles.get(key)
             if stitching.is_stub(held):
                 await forward_from_stub(wiring, key, held, records, orjson.dumps(records))
+            elif stitching.is_erased(held):
+                await to_erased(wiring, key, held, records)
             else:
                 await receive_records(wiring, models, key, held, records, journeys, sent)
 
@@ -416,16 +421,51 @@ async def forget(wiring: Wiring, key: bytes, held: dict | None) -> None:
     """Erasure: the profile leaves Redis, then the table (a changelog tombstone) and the topic.
 
     Redis first, flushed at once: once the table has no trace of the profile, nothing could find
-    its hash again (a catch-up only compares what the table holds), so a worker killed between a
-    table delete and the next timed flush would leave the person in the serving view for good. A
-    failed flush keeps the delete staged like any other write (lost only if the worker is killed
-    before Redis is back)."""
+    its hash again (a catch-up only compares what the table holds). If Redis is unreachable, the
+    table keeps an erased marker (:func:`models.stitching.erased`: no personal data) instead:
+    a worker that takes the partition over after a crash deletes the hash from it, and once the
+    delete has reached Redis the marker goes too (:func:`resend_erasures` sends ``forget`` again)."""
     segments = held.get("segments", {}) if held is not None and not stitching.is_stub(held) else {}
-    wiring.sink.stage_delete(key.decode(), segments)
+    customer = key.decode()
+    wiring.sink.stage_delete(customer, segments)
     await wiring.sink.flush()
-    if held is not None:
+    if wiring.sink.deleting(customer):
+        if not stitching.is_erased(held):
+            log.warning("Redis is unreachable: the erasure of a profile stays in the table as a marker "
+                        "without its data until Redis has the delete")
+        wiring.profiles[key] = stitching.erased(now_ms(), segments)
+        wiring.erasing.add(key)
+    elif held is not None:
         del wiring.profiles[key]
-    await wiring.updates_topic.send(key=key, value=None)
+        wiring.erasing.discard(key)
+    if not stitching.is_erased(held):
+        await wiring.updates_topic.send(key=key, value=None)
+
+
+async def to_erased(wiring: Wiring, key: bytes, held: dict, message: object) -> None:
+    """A message for an erased profile whose Redis delete is still to be confirmed: ``forget``
+    tries again; events (routed before the identity stage suppressed the person) are dropped."""
+    if isinstance(message, dict) and message.get("op") == "forget":
+        await forget(wiring, key, held)
+    else:
+        log.info("Dropped a message for an erased profile (%s)",
+                 message.get("op") if isinstance(message, dict) else "events")
+
+
+FORGET = orjson.dumps({"op": "forget"})
+
+
+async def resend_erasures(wiring: Wiring) -> None:
+    """After a flush: erasures that waited for Redis go on. An erased marker whose delete has
+    reached Redis gets ``forget`` again (which removes it); erasure requests the identity stage
+    put off go back to it once the identity writes flush."""
+    for key in [k for k in wiring.erasing if not wiring.sink.deleting(k.decode())]:
+        wiring.erasing.discard(key)
+        await send_by_customer(wiring, key, FORGET)
+    if wiring.deferred_erasures and not wiring.identity_sink.pending:
+        for request_id in list(wiring.deferred_erasures):
+            request = wiring.deferred_erasures.pop(request_id)
+            await wiring.identity_events_topic.send(key=b"erase", value=orjson.dumps({"erase": request}))
 
 
 async def forward_from_stub(wiring: Wiring, key: bytes, stub: dict, message: object, raw: bytes) -> None:
@@ -495,7 +535,7 @@ async def aggregate_journey(wiring: Wiring, event: faust.EventT) -> None:
 async def rescore_profile(wiring: Wiring, models: ModelCache, key: bytes) -> None:
     """The sweep: re-score every scope of a (possibly silent) profile against today's models."""
     held = wiring.profiles.get(key)
-    if held is None or stitching.is_stub(held) or not held["events"]:
+    if held is None or stitching.is_placeholder(held) or not held["events"]:
         return
     state = copy_state(held)
     scopes = scopes_of(state)
@@ -631,7 +671,7 @@ async def tally_partition(wiring: Wiring, keys: list[bytes], as_of: int, chunk: 
         states = []
         for key in keys[start:start + chunk]:
             state = wiring.profiles.get(key)
-            if state is not None and not stitching.is_stub(state) and state["events"]:
+            if state is not None and not stitching.is_placeholder(state) and state["events"]:
                 states.append(state)
         parts.append(tally_members(states, as_of))
         await asyncio.sleep(0)
@@ -778,6 +818,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
                 await wiring.sink.flush()
                 await wiring.journey_sink.flush()
                 await wiring.identity_sink.flush()
+                await resend_erasures(wiring)
 
     serving = ServingView(app, wiring)
     metrics = WorkerMetrics(app, wiring, serving, learner)

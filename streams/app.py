@@ -57,6 +57,10 @@ class Wiring:
     journey_sink: RedisJourneySink
     identity_sink: RedisIdentitySink
     teaching: list = field(default_factory=list)  # feature vectors queued for the learner (streams.agents.teach)
+    # Erasures waiting for Redis (streams.agents.resend_erasures): profile keys left as erased markers,
+    # and erasure requests the identity stage put off (request id -> request).
+    erasing: set = field(default_factory=set)
+    deferred_erasures: dict = field(default_factory=dict)
     stats: WorkerStats = field(default_factory=WorkerStats)  # counters for /metrics (streams.metrics)
 
 

@@ -26,6 +26,7 @@ import orjson
 
 from models.events import hash_identifier
 from models.identity import (
+    ERASING_KEY,
     SUPPRESSED_PREFIX,
     LinkResult,
     canonical_key,
@@ -193,7 +194,23 @@ class Resolver:
         self._stage(changes)
         for digest in digests:
             self.sink.stage_suppressed(digest)
+        failed = self.sink.failed_flushes
         await self.sink.flush()
+        deferred = dict(self.table.get(ERASING_KEY.encode()) or {})
+        if self.sink.failed_flushes != failed:
+            # Redis is unreachable: the table keeps the graph, and the request, until it is back
+            # (streams.agents.resend_erasures sends it again; a worker that restarts finds it here).
+            deferred[request["request_id"]] = request
+            self.table[ERASING_KEY.encode()] = deferred
+            self.wiring.deferred_erasures[request["request_id"]] = request
+            log.warning("Erasure %s put off: Redis is unreachable (it goes on once Redis has the deletes)",
+                        request["request_id"])
+            return
+        if deferred.pop(request["request_id"], None) is not None:
+            if deferred:
+                self.table[ERASING_KEY.encode()] = deferred
+            else:
+                del self.table[ERASING_KEY.encode()]
         self._write(changes, stage=False)
         for digest in digests:
             self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}

@@ -46,7 +46,7 @@ from faust.types import TP
 from redis.exceptions import RedisError
 
 from models import stitching
-from models.identity import GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX
+from models.identity import ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX
 from models.journeys import week_windows_of
 from models.view import redis_fields, render_profile
 from streams.app import Wiring
@@ -236,7 +236,7 @@ class ServingView:
                 elif kind == "journeys":
                     count = await self._journeys(int(partition))
                 else:  # the identity graph has no versions to compare; Redis losing data rewrites it
-                    count = 0
+                    count = self._deferred_erasures()
                 if self.app.rebalancing_count != generation or not self.settled():
                     raise ResyncAborted("a rebalance started during the catch-up")
             except (ResyncAborted, RedisError, OSError) as exc:
@@ -332,7 +332,9 @@ class ServingView:
 
         ``only_behind`` also repairs what else a lost flush leaves: a profile written again leaves
         the other segment sets of each scope (a lost move left it in its old one too), and the hash
-        of a profile merged away (a stub in the table) is deleted with its memberships."""
+        of a profile merged away (a stub in the table) is deleted with its memberships. The hash of
+        an erased profile whose delete never reached Redis (an erased marker) is deleted either way,
+        and the marker goes once it is (streams.agents.resend_erasures)."""
         wiring, sink = self.wiring, self.wiring.sink
         n = wiring.settings.partitions
         keys = [key for key in list(wiring.profiles.keys()) if partition_of(key, n) == partition]
@@ -340,7 +342,11 @@ class ServingView:
         written = 0
         for start in range(0, len(keys), self.chunk):
             items = [(key, wiring.profiles.get(key)) for key in keys[start:start + self.chunk]]
-            states = [s for _, s in items if s is not None and not stitching.is_stub(s) and s["events"]]
+            for key, s in items:
+                if stitching.is_erased(s):
+                    sink.stage_delete(key.decode(), s["segments"])
+                    wiring.erasing.add(key)
+            states = [s for _, s in items if s is not None and not stitching.is_placeholder(s) and s["events"]]
             known: dict[str, list[str]] = {}
             if only_behind and items:
                 stubs = [key.decode() for key, s in items if stitching.is_stub(s)]
@@ -401,7 +407,15 @@ class ServingView:
         await self._flush(sink.flush, lambda: sink.failed_flushes, "the journey counters")
         return len(totals) + sum(len(days) for days in daily.values())
 
+    def _deferred_erasures(self) -> int:
+        """Erasure requests the identity stage put off while Redis was unreachable (a worker killed
+        before Redis came back did not send them again): they go on after the next flush."""
+        deferred = self.wiring.identity.get(ERASING_KEY.encode()) or {}
+        self.wiring.deferred_erasures.update(deferred)
+        return len(deferred)
+
     async def _identity(self) -> int:
+        self._deferred_erasures()
         sink = self.wiring.identity_sink
         count = 0
         for raw, value in list(self.wiring.identity.items()):

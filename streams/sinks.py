@@ -175,6 +175,10 @@ class RedisProfileSink:
     def pending(self) -> int:
         return len(self._pending)
 
+    def deleting(self, customer_id: str) -> bool:
+        """A delete of this profile is staged and has not reached Redis yet."""
+        return customer_id in self._deletes
+
     @property
     def full(self) -> bool:
         return len(self._pending) >= self.flush_max

@@ -80,7 +80,7 @@ def serving_view(redis_server, layout: RedisLayout, table: dict[bytes, dict], ow
     app = SimpleNamespace(rebalancing=False, in_recovery=False, rebalancing_count=1,
                           tables=SimpleNamespace(recovery=recovery), producer=Producer(), consumer=Consumer(ends or {}),
                           assignor=SimpleNamespace(assigned_actives=lambda: {TP(names.by_customer, p) for p in owned}))
-    wiring = SimpleNamespace(names=names, sink=sink, profiles=Table(table),
+    wiring = SimpleNamespace(names=names, sink=sink, profiles=Table(table), erasing=set(),
                              settings=SimpleNamespace(partitions=partitions))
     return ServingView(app, wiring)  # type: ignore[arg-type]
 
@@ -220,7 +220,7 @@ def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
 
     sink = RedisProfileSink(redis_server.url, layout)
     wiring = SimpleNamespace(profiles={b"c-9": {**state("c-9", 3), "segments": {"all": "all-2"}}}, sink=sink,
-                             updates_topic=Topic())
+                             updates_topic=Topic(), erasing=set())
     client.hset(layout.profile("c-9"), mapping={"version": 3, "email": "bo@example.com"})
     client.sadd(layout.segment("all", "all-2"), "c-9", "c-1")
 
@@ -235,6 +235,44 @@ def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
 
     asyncio.run(erase())
     assert wiring.profiles == {} and wiring.updates_topic.sent == [(b"c-9", None)]
+
+
+def test_the_catch_up_deletes_the_hash_of_an_erased_marker_and_queues_its_forget(redis_server, layout, client):
+    """A worker killed while Redis was unreachable left an erased profile as a marker (no data) and
+    its delete unsent: the next owner's catch-up deletes the hash and its memberships, and queues
+    the ``forget`` that removes the marker (streams.agents.resend_erasures)."""
+    from models.stitching import erased
+
+    table = {b"a": state("a", 3), b"gone": erased(1, {"all": "all-1"})}
+    client.hset(layout.profile("gone"), mapping={"version": 2, "email": "x@example.com"})
+    client.sadd(layout.segment("all", "all-1"), "gone", "a")
+    synced(client, layout, "profiles:0")
+    view = serving_view(redis_server, layout, table, {0})
+    run(view, view.check())
+    assert client.exists(layout.profile("gone")) == 0
+    assert client.smembers(layout.segment("all", "all-1")) == {b"a"}
+    assert view.wiring.erasing == {b"gone"}
+    assert versions(client, layout, "a") == {"a": 3}
+
+
+def test_an_erasure_while_redis_is_unreachable_leaves_a_marker_without_data(layout):
+    from streams.agents import forget
+    from streams.local import free_port
+
+    sink = RedisProfileSink(f"redis://127.0.0.1:{free_port()}/0", layout, socket_timeout=0.5)  # nothing listens
+    updates = Topic()
+    profile = {**state("c-9", 3), "segments": {"all": "all-2"}, "traits": {"email": "bo@example.com"}}
+    wiring = SimpleNamespace(profiles={b"c-9": profile}, sink=sink, updates_topic=updates, erasing=set())
+
+    async def erase() -> None:
+        await forget(wiring, b"c-9", profile)
+        assert sink.deleting("c-9")  # kept for the next flush
+
+    asyncio.run(erase())
+    marker = wiring.profiles[b"c-9"]
+    assert set(marker) == {"erased", "segments"} and marker["segments"] == {"all": "all-2"}
+    assert wiring.erasing == {b"c-9"}
+    assert [d.value for d in updates.sent] == [None]  # the output is gone at once
 
 
 class Delivery:

@@ -286,3 +286,14 @@ def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
     r = receive(survivor, [anon[1], anon[3]], now_ms=10, wait_ms=WAIT)
     a = absorb(r.state, handover("anon:x", absorbed, cause="login"), now_ms=20)
     assert a.double_counted == 0 and fold(a.state, a.records)["events"] == 4
+
+
+def test_an_erased_marker_holds_no_profile_and_is_neither_scored_nor_forwarded(ref):
+    from models.stitching import erased, is_erased, is_placeholder
+
+    marker = erased(5, {"all": "2"})
+    assert marker == {"erased": 5, "segments": {"all": "2"}}  # nothing of the person but the key
+    assert is_erased(marker) and is_placeholder(marker) and not is_stub(marker)
+    assert is_placeholder(stub("c-1", 4)) and not is_erased(stub("c-1", 4))
+    profile = apply_events(None, "c-1", [ref.record("e1", "page_view", 1)]).state
+    assert not is_placeholder(profile) and not is_placeholder(None)
