@@ -1,9 +1,11 @@
-"""Redis with an ACL user and no default user, exactly as ``scripts/secure-dev-certs.sh`` writes it
-for docker-compose.secure.yml: the worker and the commands run on it through the password in
-OMNIPROFILE_REDIS_URL, every command they send is allowed, the password is never printed.
+"""Redis as docker-compose.secure.yml runs it: TLS only (no plaintext port), an ACL user and no
+default user, with the certificates and ACL file ``scripts/secure-dev-certs.sh`` writes, and the
+redis-server options of the compose file's ``redis`` service. The worker and the commands run on it
+through OMNIPROFILE_REDIS_URL (``rediss://`` with the user, password and CA), every command they send
+is allowed, the password is never printed.
 
-(TLS is not shown here: this machine's redis-server is built without it, and Tansu 0.6.0 refuses
-to create a SCRAM user on a broker with --authentication; docs/reliability.md says so.)
+(Kafka TLS and SASL are not shown here: Tansu 0.6.0 refuses to create a SCRAM user on a broker with
+--authentication; docs/reliability.md says so.)
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+import yaml
 
 from streams.admin import OutputFollower, producer
-from streams.local import RedisServer
+from streams.local import RedisServer, free_port
 from tests.integration.conftest import make_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,37 +31,61 @@ PASSWORD = "acl-test-Pa55word-7f3c"  # a string that cannot turn up in a log by 
 PREFIX = "acl:"
 
 
+def compose_redis_options(secrets: Path, port: int) -> list[str]:
+    """The compose file's redis-server options, on this machine: its secrets directory and a free port;
+    its persistence options stay the compose file's own business."""
+    command = yaml.safe_load((ROOT / "docker-compose.secure.yml").read_text())["services"]["redis"]["command"]
+    assert command[0] == "redis-server"
+    options = [arg.replace("/secrets", str(secrets)) for arg in command[1:]]
+    options[options.index("--tls-port") + 1] = str(port)
+    cut = options.index("--appendonly")  # RedisServer keeps its data in a temporary directory, not on disk
+    return options[:cut]
+
+
 @pytest.fixture(scope="module")
-def acl_redis(tmp_path_factory):
-    """A redis-server started with the ACL file of the secure deployment script."""
+def secrets(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("secrets")
     env = {**os.environ, "OMNIPROFILE_KAFKA_SASL_PASSWORD": "unused", "KAFKA_ADMIN_PASSWORD": "unused",
            "OMNIPROFILE_REDIS_PASSWORD": PASSWORD, "OMNIPROFILE_REDIS_KEY_PREFIX": PREFIX}
     made = subprocess.run(["sh", str(ROOT / "scripts" / "secure-dev-certs.sh")], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
-    server = RedisServer(args=("--aclfile", str(workdir / "secrets" / "users.acl"))).start()
+    return workdir / "secrets"
+
+
+@pytest.fixture(scope="module")
+def acl_redis(secrets):
+    """A redis-server with the compose file's TLS and ACL options (its certificate names localhost)."""
+    port = free_port()
+    server = RedisServer(port=port, args=tuple(compose_redis_options(secrets, port))).start()
     yield server
     server.stop()
 
 
+def redis_url(server: RedisServer, secrets: Path, password: str = PASSWORD) -> str:
+    return f"rediss://omniprofile:{password}@localhost:{server.port}/0?ssl_ca_certs={secrets / 'ca.pem'}"
+
+
 @pytest.fixture(scope="module")
-def stack(broker, acl_redis, tmp_path_factory):
+def stack(broker, acl_redis, secrets, tmp_path_factory):
     s = make_stack(broker, acl_redis, tmp_path_factory.mktemp("acl"),
-                   OMNIPROFILE_REDIS_URL=f"redis://omniprofile:{PASSWORD}@127.0.0.1:{acl_redis.port}/0",
-                   OMNIPROFILE_REDIS_KEY_PREFIX=PREFIX)
+                   OMNIPROFILE_REDIS_URL=redis_url(acl_redis, secrets), OMNIPROFILE_REDIS_KEY_PREFIX=PREFIX)
     yield s
     s.worker.stop()
 
 
-def user_client(server: RedisServer) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=server.port, username="omniprofile", password=PASSWORD)
+def user_client(server: RedisServer, secrets: Path) -> redis.Redis:
+    return redis.Redis.from_url(redis_url(server, secrets))
 
 
-def test_no_default_user(acl_redis):
+def test_tls_only_and_no_default_user(acl_redis, secrets):
+    with pytest.raises(redis.exceptions.ConnectionError):  # no plaintext port
+        redis.Redis(host="127.0.0.1", port=acl_redis.port, socket_timeout=5).ping()
+    with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):  # an unknown CA
+        redis.Redis.from_url(f"rediss://localhost:{acl_redis.port}/0", socket_timeout=5).ping()
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=acl_redis.port).ping()
-    client = user_client(acl_redis)
+        redis.Redis.from_url(f"rediss://localhost:{acl_redis.port}/0?ssl_ca_certs={secrets / 'ca.pem'}").ping()
+    client = user_client(acl_redis, secrets)
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.set("outside-the-prefix", "1")  # the user reaches only omniprofile's keys
     for dangerous in (client.flushall, client.flushdb, lambda: client.keys("*"), lambda: client.config_get("*")):
@@ -68,7 +95,7 @@ def test_no_default_user(acl_redis):
     client.close()
 
 
-def test_the_worker_serves_profiles_through_the_acl_user(stack, acl_redis):
+def test_the_worker_serves_profiles_through_tls_and_the_acl_user(stack, acl_redis, secrets):
     ts = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     customers = [f"acl-c{i}" for i in range(6)]
     prod = producer(stack.settings)
@@ -89,7 +116,7 @@ def test_the_worker_serves_profiles_through_the_acl_user(stack, acl_redis):
         assert stack.worker.proc.poll() is None, stack.worker.tail()
         assert time.monotonic() < deadline, f"{follower.events_applied} of {sent} events applied"
         follower.poll(1000)
-    client = user_client(acl_redis)
+    client = user_client(acl_redis, secrets)
     deadline = time.monotonic() + 30
     while True:  # the Redis flush runs every 200 ms
         held = {c: client.hget(f"{PREFIX}profile:{c}", "version") for c in customers}
