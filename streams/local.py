@@ -80,11 +80,15 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
 
 @dataclass
 class Tansu:
-    """A Tansu broker on a free loopback port, memory storage (everything is lost on stop)."""
+    """A Tansu broker on a free loopback port, memory storage (everything is lost on stop).
+
+    ``advertised``: the address clients are told to use instead (``host:port``; the TLS test puts a
+    TLS endpoint there, since Tansu 0.6.0 cannot serve TLS itself)."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    advertised: str | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -92,10 +96,11 @@ class Tansu:
 
     def start(self, timeout: float = 20.0) -> Tansu:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
         self.log_path = Path(name)
         self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},

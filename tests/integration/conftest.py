@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,18 @@ from streams.throughput import embedded_env
 from streams.topics import TopicNames
 
 _stack_ids = itertools.count(1)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dev_secrets(workdir: Path, redis_password: str = "unused", redis_prefix: str = "omniprofile:") -> Path:
+    """``scripts/secure-dev-certs.sh`` run in ``workdir``: its ``secrets/`` directory (a private CA,
+    the Kafka and Redis certificates, the Redis ACL file)."""
+    env = {**os.environ, "OMNIPROFILE_KAFKA_SASL_PASSWORD": "unused", "KAFKA_ADMIN_PASSWORD": "unused",
+           "OMNIPROFILE_REDIS_PASSWORD": redis_password, "OMNIPROFILE_REDIS_KEY_PREFIX": redis_prefix}
+    made = subprocess.run(["sh", str(ROOT / "scripts" / "secure-dev-certs.sh")], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return workdir / "secrets"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

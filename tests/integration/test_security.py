@@ -4,8 +4,8 @@ redis-server options of the compose file's ``redis`` service. The worker and the
 through OMNIPROFILE_REDIS_URL (``rediss://`` with the user, password and CA), every command they send
 is allowed, the password is never printed.
 
-(Kafka TLS and SASL are not shown here: Tansu 0.6.0 refuses to create a SCRAM user on a broker with
---authentication; docs/reliability.md says so.)
+(Kafka TLS: tests/integration/test_kafka_tls.py. Kafka SASL is not shown: Tansu 0.6.0 refuses to
+create a SCRAM user on a broker with --authentication; docs/reliability.md says so.)
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import yaml
 
 from streams.admin import OutputFollower, producer
 from streams.local import RedisServer, free_port
-from tests.integration.conftest import make_stack
+from tests.integration.conftest import ROOT, dev_secrets, make_stack
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "acl-test-Pa55word-7f3c"  # a string that cannot turn up in a log by chance
 PREFIX = "acl:"
 
@@ -44,13 +43,7 @@ def compose_redis_options(secrets: Path, port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("secrets")
-    env = {**os.environ, "OMNIPROFILE_KAFKA_SASL_PASSWORD": "unused", "KAFKA_ADMIN_PASSWORD": "unused",
-           "OMNIPROFILE_REDIS_PASSWORD": PASSWORD, "OMNIPROFILE_REDIS_KEY_PREFIX": PREFIX}
-    made = subprocess.run(["sh", str(ROOT / "scripts" / "secure-dev-certs.sh")], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr[-2000:]
-    return workdir / "secrets"
+    return dev_secrets(tmp_path_factory.mktemp("secrets"), PASSWORD, PREFIX)
 
 
 @pytest.fixture(scope="module")
