@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from models.journeys import JourneyDelta, merge_journey
 from models.profile import (
     DAY_MS, DEFAULT_DEDUP_WINDOW, MAX_MERGED_FROM, State, apply_events, copy_state, merge_states, new_state,
@@ -43,8 +45,9 @@ def stub(into: str, now_ms: int) -> State:
 def erased(now_ms: int, segments: dict[str, str]) -> State:
     """What an erased profile leaves in the table while Redis has not confirmed its delete (Redis
     unreachable): no personal data, only the key and the segment sets to take it out of, so that a
-    worker that takes the partition over (after a crash) deletes it from Redis all the same."""
-    return {"erased": now_ms, "segments": dict(segments)}
+    worker that takes the partition over (after a crash) deletes it from Redis all the same.
+    ``events`` 0: a worker of an older version skips it like an empty profile."""
+    return {"erased": now_ms, "segments": dict(segments), "events": 0}
 
 
 def is_erased(state: State | None) -> bool:
@@ -144,14 +147,19 @@ def receive(
     return Received(state, folded, gave_up=given_up["from"], unrewound=_log(state, folded, keep))
 
 
+REWIND_MAX_BYTES = 256 * 1024  # of kept events: every table write of the profile carries them
+
+
 def _log(state: State, records: list[dict[str, Any]], keep: int) -> list[str]:
     """Add ``records`` (about to be folded) to ``state``'s rewind; drop the rewind once it would
-    hold more than ``keep`` events, and return the merges it was kept for."""
+    hold more than ``keep`` events or :data:`REWIND_MAX_BYTES` of them, and return the merges it
+    was kept for."""
     rewind = state.get("rewind")
     if rewind is None:
         return []
     rewind["records"].extend(records)
-    if len(rewind["records"]) <= keep:
+    rewind["bytes"] = rewind.get("bytes", 0) + sum(len(orjson.dumps(r)) for r in records)
+    if len(rewind["records"]) <= keep and rewind["bytes"] <= REWIND_MAX_BYTES:
         return []
     del state["rewind"]
     return rewind["from"]
@@ -253,11 +261,13 @@ def absorb(
         other = None  # a replayed handover: its history is in already (its held events dedup)
     result = Absorbed(state, [], bool(waiting), other is not None)
     if other is not None:
-        shared = overlap(state, other)
         if rewind is not None and absorbed in rewind["from"]:
-            result.state, result.recounted = _recount(state, rewind, other, absorbed, dedup_window), shared
+            result.state = _recount(state, rewind, other, absorbed, dedup_window)
+            # what plain merging would have counted twice (the events both hold)
+            result.recounted = state["events"] + other["events"] - result.state["events"]
         else:
-            result.state, result.double_counted = _merge_in(state, other, absorbed, dedup_window), shared
+            result.state = _merge_in(state, other, absorbed, dedup_window)
+            result.double_counted = overlap(state, other)
         if rewind is not None:
             rewind["base"] = _merge_in(rewind["base"], other, absorbed, dedup_window)
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)

@@ -447,6 +447,9 @@ async def to_erased(wiring: Wiring, key: bytes, held: dict, message: object) -> 
     tries again; events (routed before the identity stage suppressed the person) are dropped."""
     if isinstance(message, dict) and message.get("op") == "forget":
         await forget(wiring, key, held)
+    elif isinstance(message, dict) and message.get("op") == "merge_into":  # nothing to hand over
+        handover = stitching.handover(key.decode(), None, message.get("cause"))
+        await send_by_customer(wiring, message["into"].encode(), orjson.dumps(handover))
     else:
         log.info("Dropped a message for an erased profile (%s)",
                  message.get("op") if isinstance(message, dict) else "events")
@@ -455,14 +458,14 @@ async def to_erased(wiring: Wiring, key: bytes, held: dict, message: object) -> 
 FORGET = orjson.dumps({"op": "forget"})
 
 
-async def resend_erasures(wiring: Wiring) -> None:
+async def resend_erasures(wiring: Wiring, identity_flushed: bool) -> None:
     """After a flush: erasures that waited for Redis go on. An erased marker whose delete has
     reached Redis gets ``forget`` again (which removes it); erasure requests the identity stage
-    put off go back to it once the identity writes flush."""
+    put off go back to it once a flush of the identity writes went through (``identity_flushed``)."""
     for key in [k for k in wiring.erasing if not wiring.sink.deleting(k.decode())]:
         wiring.erasing.discard(key)
         await send_by_customer(wiring, key, FORGET)
-    if wiring.deferred_erasures and not wiring.identity_sink.pending:
+    if wiring.deferred_erasures and identity_flushed and not wiring.identity_sink.pending:
         for request_id in list(wiring.deferred_erasures):
             request = wiring.deferred_erasures.pop(request_id)
             await wiring.identity_events_topic.send(key=b"erase", value=orjson.dumps({"erase": request}))
@@ -471,7 +474,7 @@ async def resend_erasures(wiring: Wiring) -> None:
 async def forward_from_stub(wiring: Wiring, key: bytes, stub: dict, message: object, raw: bytes) -> None:
     """A merged-away key: late events and merges go on to the profile that absorbed it."""
     if isinstance(message, dict) and message.get("op") == "forget":
-        del wiring.profiles[key]
+        await forget(wiring, key, stub)  # the merge's delete of its hash may not have reached Redis either
         return
     if isinstance(message, dict) and message.get("op") == "merge_into":
         log.warning("Ignored a second merge of %s (already merged into %s)", key.decode(), stub["merged_into"])
@@ -817,8 +820,9 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
             if allowed:
                 await wiring.sink.flush()
                 await wiring.journey_sink.flush()
+                failed = wiring.identity_sink.failed_flushes
                 await wiring.identity_sink.flush()
-                await resend_erasures(wiring)
+                await resend_erasures(wiring, identity_flushed=wiring.identity_sink.failed_flushes == failed)
 
     serving = ServingView(app, wiring)
     metrics = WorkerMetrics(app, wiring, serving, learner)

@@ -117,7 +117,7 @@ class Tansu:
 @dataclass
 class RedisServer:
     """A private redis-server on a free loopback port, no persistence; ``args``: more of its
-    options (the security tests pass ``--aclfile``)."""
+    options (the security test passes the secure compose file's TLS and ACL options)."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None

@@ -187,6 +187,12 @@ class Resolver:
         ident = request["identifier"]
         graph, ids, groups = store_graph(self._get)
         canonical, members = erase(graph, ident)
+        deferred = dict(self.table.get(ERASING_KEY.encode()) or {})
+        if canonical is None and self.suppressed([ident]) and request["request_id"] not in deferred:
+            # Read again (a redelivery after a crash, or both a restarted worker and the one that
+            # put it off sent it): it was carried out, and its audit record stands.
+            log.info("Erasure %s: already carried out", request["request_id"])
+            return
         changes = store_changes(ids, groups)
         digests = [self.digest(member) for member in members]
         # Redis first, flushed at once: once the table has forgotten the person, a request read
@@ -196,7 +202,6 @@ class Resolver:
             self.sink.stage_suppressed(digest)
         failed = self.sink.failed_flushes
         await self.sink.flush()
-        deferred = dict(self.table.get(ERASING_KEY.encode()) or {})
         if self.sink.failed_flushes != failed:
             # Redis is unreachable: the table keeps the graph, and the request, until it is back
             # (streams.agents.resend_erasures sends it again; a worker that restarts finds it here).

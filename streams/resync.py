@@ -278,7 +278,11 @@ class ServingView:
         else:
             given = self.caught_up & {f"profiles:{tp.partition}" for tp in revoked
                                       if tp.topic == self.wiring.names.by_customer}
-        partitions = sorted(int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
+        # A partition with an erased marker still to remove is left to the next owner's scan (it
+        # finds the marker there; ``erasing`` lives in this worker's memory only).
+        erasing = {partition_of(key, self.wiring.settings.partitions) for key in self.wiring.erasing}
+        partitions = sorted(p for p in (int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
+                            if p not in erasing)
         if not partitions:
             return []
         sink = self.wiring.sink

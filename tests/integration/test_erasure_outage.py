@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 import redis
+from kafka import KafkaConsumer, TopicPartition
 
 from models.events import hash_identifier
-from streams.admin import producer, read_topic
+from streams.admin import client_options, producer, read_topic
 from streams.local import RedisServer
 from streams.sinks import RedisLayout
 from streams.topics import partition_of
@@ -57,6 +58,16 @@ def until(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
 
 def logged(stack: Stack, text: bytes) -> bool:
     return text in stack.worker.log_path.read_bytes()
+
+
+def last_offsets(stack: Stack, topic: str) -> dict[tuple[str, int], int]:
+    """The offset of the last record of each non-empty partition of ``topic``."""
+    consumer = KafkaConsumer(**client_options(stack.settings))
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {(tp.topic, tp.partition): end - 1 for tp, end in consumer.end_offsets(tps).items() if end}
+    finally:
+        consumer.close()
 
 
 def latest(stack: Stack, topic: str) -> dict[bytes, bytes | None]:
@@ -99,7 +110,7 @@ def test_erasures_survive_a_redis_outage_and_a_kill(stack, own_redis):
         until("fay's erased marker", lambda: logged(stack, b"stays in the table as a marker"))
         # Both messages committed: the restarted worker does not read them again, so only what the
         # tables hold can bring the two erasures to an end.
-        wait_committed(stack, fed)
+        wait_committed(stack, {**fed, **last_offsets(stack, stack.names.erasure_requests)})
         stack.worker.proc.kill()
         stack.worker.proc.wait()
         stack.worker.stop()

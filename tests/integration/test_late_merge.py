@@ -93,7 +93,12 @@ def test_a_history_that_comes_after_the_survivor_gave_up_counts_every_event_once
     assert profile["summary"]["orders"] == len(purchases) == 3
     assert profile["summary"]["revenue"] == pytest.approx(15.0 * len(purchases))
     client = redis.Redis.from_url(stack.settings.redis_url)
-    stored = orjson.loads(client.hget(RedisLayout(stack.settings.redis_key_prefix).profile("cas"), "json"))
+    key = RedisLayout(stack.settings.redis_key_prefix).profile("cas")
+    deadline = time.monotonic() + 30  # the Redis flush runs every 200 ms
+    while int(client.hget(key, "version") or 0) < profile["version"]:
+        assert time.monotonic() < deadline, "Redis did not get the merged profile"
+        time.sleep(0.2)
+    stored = orjson.loads(client.hget(key, "json"))
     assert stored["events"] == 6 and stored["version"] == profile["version"]
     assert metric(stack, "omniprofile_merge_recounted_total") == len(shared)
     assert metric(stack, "omniprofile_merge_double_counted_total") == 0

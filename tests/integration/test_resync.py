@@ -11,6 +11,7 @@ from collections import UserDict
 from types import SimpleNamespace
 
 import pytest
+import orjson
 import redis
 from faust.types import TP
 
@@ -270,7 +271,7 @@ def test_an_erasure_while_redis_is_unreachable_leaves_a_marker_without_data(layo
 
     asyncio.run(erase())
     marker = wiring.profiles[b"c-9"]
-    assert set(marker) == {"erased", "segments"} and marker["segments"] == {"all": "all-2"}
+    assert set(marker) == {"erased", "segments", "events"} and marker["segments"] == {"all": "all-2"}
     assert wiring.erasing == {b"c-9"}
     assert [d.value for d in updates.sent] == [None]  # the output is gone at once
 
@@ -373,3 +374,28 @@ def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_se
     asyncio.run(scenario())
     # The table forgot the graph too and keeps only the three suppressions.
     assert sorted(k.decode().split(SUPPRESSED_PREFIX)[0] for k in wiring.identity) == ["", "", ""]
+
+
+def test_an_erasure_read_again_after_it_was_carried_out_writes_no_second_audit(redis_server, layout, client):
+    """A request read again (redelivered after a crash, or sent again both by a restarted worker and by
+    the one that had put it off) finds the person erased: its first audit record stands."""
+    from models.identity import link, parse_identifier, store_changes, store_graph
+
+    resolver = resolver_on(redis_server, layout, {})
+    sink, wiring = resolver.sink, resolver.wiring
+    request = {"identifier": parse_identifier("c-9"), "request_id": "r-1"}
+
+    async def scenario() -> None:
+        try:
+            graph, ids, groups = store_graph(resolver._get)
+            link(graph, [parse_identifier("c-9"), "device:d-1"], 1_700_000_000_000)
+            resolver._write(store_changes(ids, groups))
+            await sink.flush()
+            await resolver.erase(request)
+            await resolver.erase(request)
+        finally:
+            await sink.close()
+
+    asyncio.run(scenario())
+    audits = [orjson.loads(d.value) for d in wiring.audit_topic.sent]
+    assert [(a["request_id"], a["found"], a["identifiers"]) for a in audits] == [("r-1", True, 2)]

@@ -292,8 +292,20 @@ def test_an_erased_marker_holds_no_profile_and_is_neither_scored_nor_forwarded(r
     from models.stitching import erased, is_erased, is_placeholder
 
     marker = erased(5, {"all": "2"})
-    assert marker == {"erased": 5, "segments": {"all": "2"}}  # nothing of the person but the key
+    assert marker == {"erased": 5, "segments": {"all": "2"}, "events": 0}  # nothing of the person but the key
     assert is_erased(marker) and is_placeholder(marker) and not is_stub(marker)
     assert is_placeholder(stub("c-1", 4)) and not is_erased(stub("c-1", 4))
     profile = apply_events(None, "c-1", [ref.record("e1", "page_view", 1)]).state
     assert not is_placeholder(profile) and not is_placeholder(None)
+
+
+def test_a_rewind_is_dropped_past_its_size_in_bytes(ref):
+    """Every table write of a rewinding profile carries what it keeps: large events end it early."""
+    from models.stitching import REWIND_MAX_BYTES
+
+    held = receive(expect(None, "c-1", "anon:x", now_ms=0), [ref.record("e1", "page_view", 1)], 10, WAIT)
+    big = [ref.record(f"big{i}", "page_view", 2 + i, search="x" * (REWIND_MAX_BYTES // 3)) for i in range(4)]
+    late = receive(held.state, big[:2], now_ms=WAIT + 11, wait_ms=WAIT)
+    assert late.gave_up == ["anon:x"] and not late.unrewound and "rewind" in late.state
+    more = receive(fold(late.state, late.records), big[2:], now_ms=WAIT + 12, wait_ms=WAIT)
+    assert more.unrewound == ["anon:x"] and "rewind" not in more.state
