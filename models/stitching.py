@@ -211,21 +211,25 @@ def overlap(held: State, other: State) -> int:
     return len(ours.intersection(other.get("seen", ())))
 
 
+def _mark(state: State, absorbed: str, dedup_window: int) -> None:
+    """Remember in ``state``'s deduplication window that ``absorbed`` was merged in."""
+    if dedup_window:
+        state["seen"] = [*state.get("seen", []), absorbed_mark(absorbed)][-dedup_window:]
+
+
 def _merge_in(state: State, other: State, absorbed: str, dedup_window: int) -> State:
     out = merge_states(state, other, dedup_window)
-    if dedup_window:
-        out["seen"] = [*out["seen"], absorbed_mark(absorbed)][-dedup_window:]
+    _mark(out, absorbed, dedup_window)
     return out
 
 
-def _recount(state: State, rewind: dict[str, Any], other: State, absorbed: str, dedup_window: int) -> State:
-    """``state`` had given up waiting for ``absorbed``: its profile as if it had waited. The rewind's
-    base (the state before the held events) absorbs ``other``, then the events folded since are
-    folded again, so the deduplication window skips those ``other`` had counted already. The
-    timeline and the segments are ``state``'s own (touches are kept once per event by
+def _recount(state: State, base: State, records: list[dict[str, Any]], dedup_window: int) -> State:
+    """``state`` had given up waiting for a merge: its profile as if it had waited. ``base`` is the
+    rewind's base (the state before the held events) with the late history merged in; the events
+    folded since (``records``) are folded again, so the deduplication window skips those the late
+    history had counted already. The timeline and the segments are ``state``'s own (touches are kept once per event by
     :func:`models.journeys.merge_journey`; segments follow the next scoring)."""
-    out = apply_events(_merge_in(rewind["base"], other, absorbed, dedup_window), state["customer_id"],
-                       rewind["records"], dedup_window).state
+    out = apply_events(base, state["customer_id"], records, dedup_window).state
     for name in ("journey", "segments", "segment_history"):
         out.pop(name, None)
         if name in state:
@@ -261,22 +265,22 @@ def absorb(
         other = None  # a replayed handover: its history is in already (its held events dedup)
     result = Absorbed(state, [], bool(waiting), other is not None)
     if other is not None:
+        if rewind is not None:  # every history merged in joins the base too
+            rewind["base"] = _merge_in(rewind["base"], other, absorbed, dedup_window)
         if rewind is not None and absorbed in rewind["from"]:
-            result.state = _recount(state, rewind, other, absorbed, dedup_window)
+            result.state = _recount(state, rewind["base"], rewind["records"], dedup_window)
             # what plain merging would have counted twice (the events both hold)
             result.recounted = state["events"] + other["events"] - result.state["events"]
         else:
             result.state = _merge_in(state, other, absorbed, dedup_window)
             result.double_counted = overlap(state, other)
-        if rewind is not None:
-            rewind["base"] = _merge_in(rewind["base"], other, absorbed, dedup_window)
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
-    elif dedup_window and not already_absorbed(held, absorbed):
+    elif not already_absorbed(held, absorbed):
         # A profile without events handed over nothing, but it is merged in all the same: a
         # replayed ``expect`` must not open a hold that no handover will ever end.
-        for target in (result.state, rewind["base"] if rewind is not None else None):
-            if target is not None:
-                target["seen"] = [*target.get("seen", []), absorbed_mark(absorbed)][-dedup_window:]
+        _mark(result.state, absorbed, dedup_window)
+        if rewind is not None:
+            _mark(rewind["base"], absorbed, dedup_window)
     if rewind is not None:
         rewind["from"] = [x for x in rewind["from"] if x != absorbed]
         if rewind["from"]:

@@ -41,7 +41,9 @@ from models.identity import (
 from models.ingest import Rejection
 from models.outputs import SCHEMA_VERSION
 from models.view import iso_text
-from streams.agents import drain_changelog, guarded, now_iso, send_batches, send_by_customer, send_dead_letter
+from streams.agents import (
+    FORGET, drain_changelog, guarded, now_iso, send_batches, send_by_customer, send_dead_letter,
+)
 from streams.app import Wiring
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,7 @@ class Resolver:
             self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
         keys = sorted({canonical_key(m) for m in members} | ({canonical} if canonical else set()))
         for key in keys:
-            await send_by_customer(self.wiring, key.encode(), orjson.dumps({"op": "forget"}))
+            await send_by_customer(self.wiring, key.encode(), FORGET)
             await self.wiring.identity_topic.send(key=key.encode(), value=None)  # lineage tombstone
         audit = {
             "schema_version": SCHEMA_VERSION,
