@@ -301,6 +301,7 @@ def create_app(settings: Settings) -> faust.App:
             RedisLayout(settings.redis_key_prefix),
             socket_timeout=settings.redis_socket_timeout,
             flush_max=settings.redis_flush_max,
+            json_codec=settings.redis_json_codec,
         ),
         identity_sink=RedisIdentitySink(
             settings.redis_url, RedisLayout(settings.redis_key_prefix), socket_timeout=settings.redis_socket_timeout

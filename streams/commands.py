@@ -460,7 +460,9 @@ def print_summary(dataset: Any, follower: Any, redis_url: str, settings: Setting
     if sample_rows:
         cid = sample_rows[0][0]
         print(f"\n== profile {cid} as served from Redis (omniprofile profile {cid}), abridged ==")
-        raw = orjson.loads(client.hget(layout.profile(cid), "json"))
+        from models.view import decode_profile_json
+
+        raw = decode_profile_json(client.hget(layout.profile(cid), "json"))
         raw["channels"] = {k: {"events": v["events"], "orders": v["orders"], "last_seen": v["last_seen"]}
                            for k, v in raw["channels"].items()}
         print(orjson.dumps(raw, option=orjson.OPT_INDENT_2).decode()[:4000])

@@ -18,6 +18,7 @@ import orjson
 
 from models.events import hash_identifier
 from models.identity import canonical_key, parse_identifier
+from models.view import decode_profile_json
 from streams.settings import ConfigError, Settings, load_settings
 from streams.topics import TopicNames
 
@@ -75,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         client.close()
     except redis.RedisError as exc:
         raise ConfigError(f"cannot read from Redis at {settings.redis_url_safe} ({exc}); check OMNIPROFILE_REDIS_URL")
-    profile = orjson.loads(raw) if raw else None
+    profile = decode_profile_json(raw) if raw else None
     names = TopicNames(settings.topic_prefix)
     document = {
         "identifier": ident,

@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from models import stitching
 from models.identity import ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX
 from models.journeys import week_windows_of
-from models.view import redis_fields, render_profile
+from models.view import decode_profile_json, redis_fields, render_profile
 from streams.app import Wiring
 from streams.topics import partition_of
 
@@ -89,7 +89,7 @@ def clean_handover(mark: bytes | str | None, recovered: int | None) -> bool:
     return mark is not None and recovered is not None and int(mark) == recovered
 
 
-def memberships(profile_json: bytes | str) -> dict[str, str]:
+def memberships(profile_json: bytes) -> dict[str, str]:
     """The segment of each scope in a profile's JSON as Redis holds it (``{}`` if unreadable).
 
     >>> memberships(b'{"customer_id": "c-1", "segments": {"all": "all-2", "web": "web-0"}}')
@@ -98,8 +98,8 @@ def memberships(profile_json: bytes | str) -> dict[str, str]:
     {}
     """
     try:
-        segments = orjson.loads(profile_json).get("segments")
-    except (orjson.JSONDecodeError, AttributeError):
+        segments = decode_profile_json(profile_json).get("segments")
+    except (ValueError, AttributeError):  # orjson.JSONDecodeError is a ValueError
         return {}
     return {str(k): str(v) for k, v in segments.items() if v is not None} if isinstance(segments, dict) else {}
 

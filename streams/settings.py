@@ -62,9 +62,9 @@ class Settings(BaseSettings):
     stall_seconds: float = Field(default=120.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "redis_json_codec", mode="before")
     @classmethod
-    def _lower_level(cls, value: object) -> object:
+    def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     # Redis (the serving view)
@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     redis_flush_max: int = Field(default=1000, ge=1, le=100_000)
     redis_socket_timeout: float = Field(default=5.0, gt=0, le=120)
     redis_resync_check_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # The profile hash's json field: plain JSON (the contract's default) or zlib (models.view.encode_profile_json).
+    redis_json_codec: Literal["plain", "zlib"] = "plain"
 
     # Input validation
     max_event_bytes: int = Field(default=1_048_576, ge=1024)

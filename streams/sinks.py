@@ -18,6 +18,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from models.view import encode_profile_json
+
 log = logging.getLogger(__name__)
 
 # KEYS[1] profile hash; ARGV[1] version; ARGV[2] the flat fields as one JSON object of strings;
@@ -123,13 +125,20 @@ def connect(url: str, socket_timeout: float) -> aioredis.Redis:
 
 
 class RedisProfileSink:
-    """Stage profiles per customer and write them to Redis in pipelined flushes."""
+    """Stage profiles per customer and write them to Redis in pipelined flushes.
 
-    def __init__(self, url: str, layout: RedisLayout, socket_timeout: float = 5.0, flush_max: int = 1000) -> None:
+    ``json_codec``: how the ``json`` field is stored (models.view.JSON_CODECS). It is encoded at the
+    flush, so a customer updated many times between two flushes is compressed once.
+    """
+
+    def __init__(self, url: str, layout: RedisLayout, socket_timeout: float = 5.0, flush_max: int = 1000,
+                 json_codec: str = "plain") -> None:
+        encode_profile_json(b"{}", json_codec)  # an unknown codec fails here, not at the first flush
         self.url = url
         self.layout = layout
         self.socket_timeout = socket_timeout
         self.flush_max = flush_max
+        self.json_codec = json_codec
         self.stats = FlushStats()
         self._pending: dict[str, tuple[int, dict]] = {}
         self._moves: list[tuple[str, str, str | None, str]] = []
@@ -201,7 +210,9 @@ class RedisProfileSink:
                 for customer_id, (version, fields) in batch.items():
                     flat = dict(fields)
                     document = flat.pop("json", None)
-                    args = [version, orjson.dumps(flat)] + ([] if document is None else [document])
+                    args = [version, orjson.dumps(flat)]
+                    if document is not None:
+                        args.append(encode_profile_json(document, self.json_codec))
                     await self._script(keys=[self.layout.profile(customer_id)], args=args, client=pipe)
                 touched: set[tuple[str, str]] = set()
                 for customer_id, scope, old, new in moves:
