@@ -1,13 +1,19 @@
 """The whole path on real parts: kafka-python producer -> Tansu -> worker -> profiles.updates and Redis.
 
 Expected profiles come from tests/integration/oracle.py (plain Python over the raw events),
-never from models/.
+never from models/. This module's worker stores the Redis ``json`` field compressed
+(``OMNIPROFILE_REDIS_JSON_CODEC=zlib``) on a Redis set up as the README advises for it; the other
+modules keep the default, plain JSON.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import subprocess
+import sys
 import time
+import zlib
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -17,6 +23,8 @@ import redis
 from models.outputs import DeadLetter, ProfileUpdate
 from models.synthetic import generate
 from streams.admin import OutputFollower, producer
+from streams.commands import worker_env
+from tests.integration.conftest import make_stack
 from tests.integration.oracle import compare, expected_profiles
 
 CUSTOMERS = 2000
@@ -32,6 +40,18 @@ def wait_for(follower: OutputFollower, done, stack, timeout: float = 300.0) -> N
                 f"timed out: {follower.events_applied} events applied, {len(follower.dead_letters)} dead letters"
             )
         follower.poll(1000)
+
+
+@pytest.fixture(scope="module")
+def stack(broker, redis_server, tmp_path_factory):
+    client = redis.Redis.from_url(redis_server.url)
+    old = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    client.config_set("hash-max-listpack-value", 1024)
+    s = make_stack(broker, redis_server, tmp_path_factory.mktemp("pipeline"), OMNIPROFILE_REDIS_JSON_CODEC="zlib")
+    yield s
+    s.worker.stop()
+    client.config_set("hash-max-listpack-value", old)
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +130,7 @@ def test_redis_holds_the_latest_profile_of_everyone(published, stack):
         profile = update["profile"]
         if (
             int(fields[b"version"]) != update["version"]
-            or orjson.loads(fields[b"json"]) != profile
+            or orjson.loads(zlib.decompress(fields[b"json"])) != profile
             or int(fields[b"orders"]) != profile["summary"]["orders"]
             or int(fields[b"events"]) != profile["summary"]["events"]
             or float(fields[b"revenue"]) != round(profile["summary"]["revenue"], 2)
@@ -118,6 +138,38 @@ def test_redis_holds_the_latest_profile_of_everyone(published, stack):
             mismatched.append(key)
     client.close()
     assert not mismatched, f"{len(mismatched)} Redis hashes differ from the latest update, e.g. {mismatched[:5]}"
+
+
+def test_the_profile_command_reads_the_compressed_json(published, stack):
+    _, _, follower = published
+    key, update = sorted(follower.latest.items())[0]
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    stored = client.hget(f"{stack.settings.redis_key_prefix}profile:{key}", "json")
+    client.close()
+    assert stored[:1] == b"x"  # a zlib stream, not JSON text
+    for extra in ([], ["--compact"]):
+        out = subprocess.run([sys.executable, "-m", "streams.cli", "profile", key, *extra], env=worker_env(stack.env),
+                             capture_output=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert orjson.loads(out.stdout) == update["profile"]
+
+
+def test_the_worker_says_when_redis_keeps_compressed_profiles_in_the_large_encoding(stack, caplog):
+    from streams.cli import listpack_hint
+
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    old = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="omniprofile"):
+            listpack_hint(client)  # 1024, as this module's Redis is set up
+            assert not caplog.records
+            client.config_set("hash-max-listpack-value", 64)
+            listpack_hint(client)
+        assert "hash-max-listpack-value is 64" in caplog.text and "'hash-max-listpack-value 1024'" in caplog.text
+    finally:
+        client.config_set("hash-max-listpack-value", old)
+        client.close()
+    assert "hash-max-listpack-value" not in stack.worker.log_path.read_text()  # started on 1024: no warning
 
 
 def test_redis_never_takes_an_older_version(published, stack):
