@@ -35,16 +35,13 @@ def check_redis(settings: Settings) -> None:
         client.close()
 
 
-# With OMNIPROFILE_REDIS_JSON_CODEC=zlib a profile's json field is about 800 bytes: under this setting
-# the whole hash stays in Redis's compact listpack encoding (1.5 KB a customer against 2.5 KB).
-LISTPACK_VALUE_HINT = 1024
-
-
 def listpack_hint(client: Any) -> None:
     """Warn when the Redis server keeps compressed profiles in its larger hashtable encoding.
 
     An ACL user without CONFIG (a managed Redis) cannot tell; then nothing is said."""
     import redis
+
+    from models.view import LISTPACK_VALUE_HINT
 
     try:
         value = int(client.config_get("hash-max-listpack-value").get("hash-max-listpack-value", 0))

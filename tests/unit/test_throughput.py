@@ -29,3 +29,16 @@ def test_proc_figures_of_this_process_are_plausible():
     assert burn > 0
     assert proc_cpu(os.getpid()) > 0
     assert 10 < proc_peak_rss_mb(os.getpid()) < 100_000
+
+
+def test_the_zlib_variant_of_a_stored_hash_changes_only_its_json():
+    import zlib
+
+    from streams.throughput import zlib_json
+
+    plain = {b"version": b"3", b"orders": b"1", b"json": b'{"customer_id":"c-1","version":3}'}
+    packed = zlib_json(plain)
+    assert packed.keys() == plain.keys()
+    assert {k: v for k, v in packed.items() if k != b"json"} == {b"version": b"3", b"orders": b"1"}
+    assert zlib.decompress(packed[b"json"]) == plain[b"json"]
+    assert zlib_json(packed) == packed  # a hash the worker already stored compressed stays as it is
