@@ -188,8 +188,10 @@ class WorkerMetrics:
                                 "tables under way (streams.resync)", value=self.serving.backlog)
         yield CounterMetricFamily("omniprofile_redis_resyncs", "Parts of the serving view rewritten from the tables",
                                   value=self.serving.rewritten)
-        catch_ups = CounterMetricFamily("omniprofile_redis_catchups", "Profile partitions taken over and checked "
-                                        "against Redis, by how: scanned, or clean_handover (scan skipped)",
+        catch_ups = CounterMetricFamily("omniprofile_redis_catchups", "Parts taken over and checked "
+                                        "against Redis, by how: profile partitions scanned, or clean_handover "
+                                        "(scan skipped); the identity graph identity_rewritten, or "
+                                        "identity_clean_handover (rewrite skipped)",
                                         labels=["how"])
         for how, count in sorted(self.serving.catch_ups.items()):
             catch_ups.add_metric([how], count)

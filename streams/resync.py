@@ -17,14 +17,16 @@ message will bring those profiles back, and Redis did not lose data, so the mark
 worker also *catches up* every part it takes over (at its start, or when a rebalance gives it a
 partition it did not hold): it reads the ``version`` of each profile of the partition in Redis
 (pipelined, a chunk at a time) and writes again those that are missing or older than the table's,
-and rewrites the partition's journey counters (current values, a few hundred at most). A part stays
-caught up as long as this worker keeps it; a rebalance that takes it away forgets it.
+and rewrites the partition's journey counters (current values, a few hundred at most). The identity
+graph has no versions to compare, so a worker that takes it over writes all of it again. A part
+stays caught up as long as this worker keeps it; a rebalance that takes it away forgets it.
 
 The scan costs one ``HGET`` per profile (about 70 us each on rocksdict, docs/reliability.md), at
 every start. A worker that stops cleanly (SIGTERM) therefore leaves, per profile partition it had
 caught up and then flushed completely, the offset its table's changelog ended at in
-``{prefix}serving-clean``; the next owner skips the scan when its own recovered table ends at the
-same offset (nothing changed the table since Redis was complete). Any write to the table after the
+``{prefix}serving-clean`` (so does the identity graph, unless erasures are put off); the next owner
+skips the scan (the rewrite) when its own recovered table ends at the same offset (nothing changed
+the table since Redis was complete). Any write to the table after the
 mark moves the end, so a later crash is caught up as before.
 
 Rewrites go through the same sinks as live updates, so a profile that changes during its rewrite
@@ -142,7 +144,9 @@ class ServingView:
         self.rewritten = 0  # parts rewritten since the start
         self.caught_up: set[str] = set()  # parts checked against Redis since this worker took them
         self.restaged = 0  # profiles written again by catch-ups since the start (Redis was behind)
-        self.catch_ups = {"scanned": 0, "clean_handover": 0}  # profile parts caught up, by how
+        # Parts caught up, by how: profile partitions scanned or handed over cleanly; the identity
+        # graph rewritten or handed over cleanly.
+        self.catch_ups = {"scanned": 0, "clean_handover": 0, "identity_rewritten": 0, "identity_clean_handover": 0}
         self.deleted = 0  # hashes of merged-away profiles deleted by catch-ups (their delete was lost)
         self._lock = asyncio.Lock()
 
@@ -225,9 +229,11 @@ class ServingView:
             if not self.settled() or part not in self.parts():
                 break
             kind, _, partition = part.partition(":")
+            rewrote_identity = False
             try:
                 started = asyncio.get_running_loop().time()
-                if kind == "profiles" and await self._handed_over_clean(int(partition)):
+                if kind == "profiles" and await self._handed_over_clean(part, self._changelog(int(partition))):
+                    self.catch_ups["clean_handover"] += 1
                     count = 0
                 elif kind == "profiles":
                     count = await self._profiles(int(partition), only_behind=True)
@@ -235,8 +241,15 @@ class ServingView:
                     self.catch_ups["scanned"] += 1
                 elif kind == "journeys":
                     count = await self._journeys(int(partition))
-                else:  # the identity graph has no versions to compare; Redis losing data rewrites it
+                elif await self._handed_over_clean(part, self._identity_changelog()):
+                    self.catch_ups["identity_clean_handover"] += 1
                     count = self._deferred_erasures()
+                else:
+                    # The graph has no versions to compare: a killed owner may have lost a flush
+                    # (the table and its changelog hold it), so the whole graph is written again.
+                    count = await self._identity()
+                    self.catch_ups["identity_rewritten"] += 1
+                    rewrote_identity = True
                 if self.app.rebalancing_count != generation or not self.settled():
                     raise ResyncAborted("a rebalance started during the catch-up")
             except (ResyncAborted, RedisError, OSError) as exc:
@@ -248,65 +261,80 @@ class ServingView:
             if count and kind == "profiles":
                 log.info("Redis was behind the table on %d profiles of %s: wrote them again in %.1f s", count,
                          part, asyncio.get_running_loop().time() - started)
+            elif rewrote_identity:
+                log.info("Identity graph taken over without a clean handover: wrote its %d entries again in %.1f s",
+                         count, asyncio.get_running_loop().time() - started)
 
     def _changelog(self, partition: int) -> TP:
         return TP(self.wiring.profiles.changelog_topic.get_topic_name(), partition)
 
-    async def _handed_over_clean(self, partition: int) -> bool:
-        """Whether the previous owner's clean mark matches the offset this worker recovered the
-        partition's table to (faust's recovery keeps it, last offset = end offset - 1)."""
-        mark = await self.wiring.sink.connection().hget(self.layout.serving_clean(), f"profiles:{partition}")
-        recovered = self.app.tables.recovery.active_highwaters.get(self._changelog(partition))
+    def _identity_changelog(self) -> TP:
+        return TP(self.wiring.identity.changelog_topic.get_topic_name(), 0)
+
+    async def _handed_over_clean(self, part: str, changelog: TP) -> bool:
+        """Whether the previous owner's clean mark for ``part`` matches the offset this worker
+        recovered the part's table changelog to (faust's recovery keeps it, last offset = end offset - 1)."""
+        mark = await self.wiring.sink.connection().hget(self.layout.serving_clean(), part)
+        recovered = self.app.tables.recovery.active_highwaters.get(changelog)
         if not clean_handover(mark, recovered):
             return False
-        self.catch_ups["clean_handover"] += 1
-        log.info("profiles:%d was handed over cleanly at changelog offset %d: no catch-up needed", partition,
-                 recovered)
+        log.info("%s was handed over cleanly at changelog offset %d: no catch-up needed", part, recovered)
         return True
 
     async def mark_clean(self, revoked: Iterable[TP] | None = None, timeout: float = 10.0) -> list[str]:
-        """When this worker gives partitions up with its streams idle (a clean stop: the consumer
+        """When this worker gives parts up with its streams idle (a clean stop: the consumer
         stopped; a rebalance: faust has waited for the streams and flushed the producer before its
-        ``on_partitions_revoked`` signal): flush the producer, read where the changelog of each
-        profile partition given up (``revoked``; None: all it serves) that it had caught up ends,
-        flush the profile sink, and if nothing is left staged, mark those parts clean at those
-        offsets. Returns the parts marked; any failure marks nothing (the next owner then scans, as
-        after a crash). A table write after the offsets were read moves the changelog's end past
-        the mark, so it can only cost a scan, never skip one that was needed."""
+        ``on_partitions_revoked`` signal): flush the producer, read where the table changelog of
+        each part given up (``revoked``; None: all it serves) that it had caught up ends, flush the
+        sinks of those parts, and if nothing is left staged, mark those parts clean at those
+        offsets. Parts: profile partitions, and the identity graph. Returns the parts marked; any
+        failure marks nothing (the next owner then scans or rewrites, as after a crash). A table
+        write after the offsets were read moves the changelog's end past the mark, so it can only
+        cost a catch-up, never skip one that was needed."""
+        names = self.wiring.names
         if revoked is None:
             given = self.caught_up & set(self.parts())
         else:
-            given = self.caught_up & {f"profiles:{tp.partition}" for tp in revoked
-                                      if tp.topic == self.wiring.names.by_customer}
+            revoked = list(revoked)
+            given = self.caught_up & ({f"profiles:{tp.partition}" for tp in revoked if tp.topic == names.by_customer}
+                                      | {"identity" for tp in revoked if tp.topic == names.identity_events})
         # A partition with an erased marker still to remove is left to the next owner's scan (it
-        # finds the marker there; ``erasing`` lives in this worker's memory only).
+        # finds the marker there; ``erasing`` lives in this worker's memory only). The identity
+        # graph with erasures put off is left to a rewrite (the next owner finds them in the table).
         erasing = {partition_of(key, self.wiring.settings.partitions) for key in self.wiring.erasing}
-        partitions = sorted(p for p in (int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
-                            if p not in erasing)
-        if not partitions:
+        parts = {f"profiles:{p}": self._changelog(p)
+                 for p in sorted(int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
+                 if p not in erasing}
+        if "identity" in given and not self.wiring.deferred_erasures:
+            parts["identity"] = self._identity_changelog()
+        if not parts:
             return []
-        sink = self.wiring.sink
+        sink, identity_sink = self.wiring.sink, self.wiring.identity_sink
         try:
             await self.app.producer.flush()
-            tps = [self._changelog(p) for p in partitions]
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=timeout)
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*parts.values()), timeout=timeout)
             failures = sink.stats.failed_flushes
             await sink.flush()
             if sink.stats.failed_flushes != failures or not sink.empty:
-                raise ResyncAborted(sink.stats.last_error or "writes left staged")
+                raise ResyncAborted(sink.stats.last_error or "profile writes left staged")
+            if "identity" in parts:
+                failures = identity_sink.failed_flushes
+                await identity_sink.flush()
+                if identity_sink.failed_flushes != failures or identity_sink.pending:
+                    raise ResyncAborted("identity writes left staged")
             args: list = []
-            for p, tp in zip(partitions, tps):
+            for part, tp in parts.items():
                 if ends.get(tp) is not None:
-                    args += [f"profiles:{p}", ends[tp] - 1]
+                    args += [part, ends[tp] - 1]
             marked = await sink.connection().eval(MARK_CLEAN, 2, self.layout.serving_synced(),
                                                   self.layout.serving_clean(), *args) if args else []
         except (ResyncAborted, RedisError, OSError, asyncio.TimeoutError, KafkaError) as exc:
-            log.warning("No clean-handover marks left in Redis (%s: %s); the next owner will scan its "
-                        "partitions against the table", type(exc).__name__, exc)
+            log.warning("No clean-handover marks left in Redis (%s: %s); the next owner will catch its "
+                        "parts up against the tables", type(exc).__name__, exc)
             return []
         marked = [part.decode() if isinstance(part, bytes) else part for part in marked]
-        log.info("Left clean-handover marks in Redis for %d of %d profile partitions (%s)", len(marked),
-                 len(partitions), ", ".join(marked) or "none")
+        log.info("Left clean-handover marks in Redis for %d of %d parts (%s)", len(marked), len(parts),
+                 ", ".join(marked) or "none")
         return marked
 
     async def rewrite(self, part: str) -> int:
@@ -419,23 +447,27 @@ class ServingView:
         return len(deferred)
 
     async def _identity(self) -> int:
+        """Write the whole identity graph again (identifier -> group, group -> members, the
+        suppression list), a chunk at a time while the identity stage goes on.
+
+        Each chunk reads the table's current values under the sink's lock, so never while a flush
+        is under way: the identity stage writes its table only after the flush of a change, and a
+        chunk read in that gap would restage the value the change replaces. A change staged and not
+        yet flushed is newer than the table, so it is kept (``restage``)."""
         self._deferred_erasures()
-        sink = self.wiring.identity_sink
-        count = 0
-        for raw, value in list(self.wiring.identity.items()):
-            key = raw.decode()
-            if key.startswith(ID_PREFIX):
-                sink.stage_id(key[len(ID_PREFIX):], value)
-            elif key.startswith(GROUP_PREFIX):
-                sink.stage_group(key[len(GROUP_PREFIX):], orjson.dumps(value))
-            elif key.startswith(SUPPRESSED_PREFIX):
-                sink.stage_suppressed(key[len(SUPPRESSED_PREFIX):])
-            else:
-                continue
-            count += 1
-            if count % self.chunk == 0:
-                await asyncio.sleep(0)
-        self.backlog = count
-        await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
-        return count
+        table, sink = self.wiring.identity, self.wiring.identity_sink
+        prefixes = (ID_PREFIX, GROUP_PREFIX, SUPPRESSED_PREFIX)
+        keys = [raw for raw in list(table.keys()) if raw.decode().startswith(prefixes)]
+        self.backlog = len(keys)
+        for start in range(0, len(keys), self.chunk):
+            async with sink.lock:
+                for raw in keys[start:start + self.chunk]:
+                    value = table.get(raw)
+                    if value is None:  # gone since the keys were listed: its delete went through the sink
+                        continue
+                    kind, _, name = raw.decode().partition("|")
+                    sink.restage(kind, name, value)
+            await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
+            self.backlog = max(0, len(keys) - start - self.chunk)
+        return len(keys)
 

@@ -381,6 +381,25 @@ class RedisIdentitySink:
     def count(self, name: str, by: int = 1) -> None:
         self._counts[name] = self._counts.get(name, 0) + by
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a flush is under way. The identity stage stages a change, flushes it and only
+        then writes its table; a reader of the table that restages what it finds (the serving-view
+        rewrite) takes this lock first, so it never reads a table a flush is still ahead of."""
+        return self._lock
+
+    def restage(self, kind: str, name: str, value: object) -> None:
+        """Stage a table entry (``kind`` as its key prefix: ``i``, ``g`` or ``s``) unless a change
+        to it is already staged: a staged change is newer than the table."""
+        if kind == "i":
+            self._ids.setdefault(name, value)  # type: ignore[arg-type]
+        elif kind == "g":
+            self._groups.setdefault(name, None if value is None else orjson.dumps(value))
+        elif kind == "s":
+            self._suppressed.add(name)
+        else:
+            raise ValueError(f"unknown identity table key kind {kind!r}")
+
     async def flush(self) -> None:
         async with self._lock:
             if not (self._ids or self._groups or self._suppressed or self._counts):

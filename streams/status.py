@@ -71,7 +71,10 @@ def format_status(url: str, health: dict, samples: dict) -> str:
                                     f"rewrites {int(_one(samples, 'omniprofile_redis_resyncs_total'))}, "
                                     f"partitions taken over: {int(catch_ups.get('scanned', 0))} scanned, "
                                     f"{int(catch_ups.get('clean_handover', 0))} handed over cleanly, "
-                                    f"{int(_one(samples, 'omniprofile_redis_restaged_total'))} profiles re-written) =="))
+                                    f"{int(_one(samples, 'omniprofile_redis_restaged_total'))} profiles re-written; "
+                                    f"identity graph taken over: {int(catch_ups.get('identity_rewritten', 0))} "
+                                    f"rewritten, {int(catch_ups.get('identity_clean_handover', 0))} handed over "
+                                    f"cleanly) =="))
     return "\n\n".join(parts)
 
 

@@ -6,9 +6,13 @@ what sits in its socket buffers once it thaws, so the writes would not be lost).
 erasures go out: one through the erasure topic (the identity stage must put it off, since the
 identity graph's entries in Redis could not be found again once the table forgot them), and one
 ``forget`` sent straight to a profile (the profile stage must leave an erased marker for the same
-reason). The worker is killed before Redis comes back, so nothing it kept in memory survives.
-After Redis takes writes again and a new worker starts, both people must be gone from Redis, the tables and the
-outputs; the expected keys come from the identifiers in the test.
+reason). A third person first shows up during the outage: the identity stage links their
+identifiers in its table while the flush to Redis fails. The worker is killed before Redis comes
+back, so nothing it kept in memory survives. After Redis takes writes again and a new worker starts,
+both erased people must be gone from Redis, the tables and the outputs, and the new person's
+identity entries must be in Redis (only the table has them: the restarted worker reads the event
+again, finds the link known and writes nothing); the expected keys come from the identifiers in the
+test.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tests.integration.test_faults import wait_committed
 from tests.integration.test_identity import HOUR, KEY, T0, cli
 
 EVE = {"customer_id": "eve", "anonymous_id": "cookie-e", "email": "eve@example.org"}
+GUS = {"customer_id": "gus", "anonymous_id": "cookie-g"}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,9 @@ def test_erasures_survive_a_redis_outage_and_a_kill(stack, own_redis):
     # straight to her profile, so no suppression in the identity stage would keep them out.
     wait_committed(stack, fed)
 
+    # The first serving-view check has marked the graph as in Redis: after the kill, only the
+    # catch-up of a graph taken over (not the rewrite of one Redis has no mark for) can bring gus back.
+    until("the identity graph's serving-view mark", lambda: client.hexists(layout.serving_synced(), "identity"))
     admin = redis.Redis.from_url(stack.settings.redis_url)
     admin.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")
     try:
@@ -107,6 +115,12 @@ def test_erasures_survive_a_redis_outage_and_a_kill(stack, own_redis):
         prod.flush()
         prod.close()
         until("the identity stage to put eve's erasure off", lambda: logged(stack, b"Erasure req-eve put off"))
+        prod = producer(stack.settings)
+        prod.send(stack.names.source("clickstream"), value=orjson.dumps(
+            {"event_id": "gus-0", "type": "page_view", "ts": T0, "channel": "web", **GUS})).get(timeout=30)
+        prod.close()
+        graph_changelog = f"{stack.settings.app_id}-identity-graph-changelog"
+        until("gus linked in the identity table", lambda: b"i|cid:gus" in latest(stack, graph_changelog))
         until("fay's erased marker", lambda: logged(stack, b"stays in the table as a marker"))
         # Both messages committed: the restarted worker does not read them again, so only what the
         # tables hold can bring the two erasures to an end.
@@ -119,6 +133,8 @@ def test_erasures_survive_a_redis_outage_and_a_kill(stack, own_redis):
     # Redis has everything it had: the deletes died with the killed worker's connections.
     assert client.exists(layout.profile("eve"), layout.profile("fay")) == 2
     assert client.exists(*(layout.identity(i) for i in eve_ids)) == 3
+    gus_ids = [layout.identity("cid:gus"), layout.identity("anon:cookie-g")]
+    assert client.exists(*gus_ids, layout.identity_group("gus")) == 0, "gus reached Redis during the outage"
 
     stack.start_worker("worker-after-kill.log")
     audits = {}
@@ -127,6 +143,12 @@ def test_erasures_survive_a_redis_outage_and_a_kill(stack, own_redis):
     assert client.exists(*(layout.identity(i) for i in eve_ids)) == 0
     assert not client.exists(layout.identity_group("eve"))
     assert hash_identifier("cid:eve", KEY).encode() in client.smembers(layout.suppressed())
+    # gus: the identity graph was rewritten from the table (no clean handover after a kill).
+    until("gus's identity entries in Redis", lambda: client.exists(*gus_ids) == 2)
+    assert client.mget(gus_ids) == [b"gus", b"gus"]
+    group = orjson.loads(client.get(layout.identity_group("gus")))
+    assert sorted(group["members"]) == ["anon:cookie-g", "cid:gus"], group
+    assert logged(stack, b"Identity graph taken over without a clean handover")
     audit = orjson.loads(audits[b"req-eve"])
     assert audit["found"] is True and audit["identifiers"] == 3
 

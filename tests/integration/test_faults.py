@@ -483,14 +483,17 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
         assert redis_behind(stack), "every profile reached Redis before the stop: the scenario tests nothing"
         assert stack.worker.stop() == 0, stack.worker.tail()
         marks = client.hgetall(f"{stack.settings.redis_key_prefix}serving-clean")
-        assert sorted(marks) == sorted(f"profiles:{p}".encode() for p in range(n)), (marks, stack.worker.tail())
+        expected = sorted([f"profiles:{p}".encode() for p in range(n)] + [b"identity"])
+        assert sorted(marks) == expected, (marks, stack.worker.tail())
         assert not redis_behind(stack), "the clean stop left staged profiles unwritten"
         stack.start_worker("worker-2.log")
         deadline = time.monotonic() + 30
-        while (skipped := stack.worker.log_path.read_text().count("was handed over cleanly")) < n:
-            assert time.monotonic() < deadline, f"{skipped} of {n} partitions skipped their catch-up"
+        while (skipped := stack.worker.log_path.read_text().count("was handed over cleanly")) < n + 1:
+            assert time.monotonic() < deadline, f"{skipped} of {n} partitions and the identity graph skipped " \
+                                                "their catch-up"
             time.sleep(0.5)
         assert "Redis was behind the table" not in stack.worker.log_path.read_text()
+        assert "Identity graph taken over without a clean handover" not in stack.worker.log_path.read_text()
 
         drained, feeder = feed_and_drain(stack, sent, drained)
         wait_committed(stack, feeder.offsets)  # nothing is delivered again after the restart
@@ -504,6 +507,8 @@ def test_kill_9_with_redis_writes_staged(own_broker, own_redis, tmp_path):
         while (left := redis_behind(stack)) and time.monotonic() < deadline:
             time.sleep(1.0)
         assert not left, f"{len(left)} of {len(behind)} profiles still behind in Redis, e.g. {left[:3]}"
+        # The identity graph changed after the clean mark too: the kill leaves no mark to trust.
+        wait_logged(stack.worker, "Identity graph taken over without a clean handover", 30)
         verdict = judge(stack, before + sent)
         assert not verdict.problems, list(verdict.problems.items())[:5]
     finally:

@@ -17,11 +17,12 @@ from faust.types import TP
 
 from streams import resync
 from streams.resync import ServingView, behind
-from streams.sinks import RedisLayout, RedisProfileSink
+from streams.sinks import RedisIdentitySink, RedisLayout, RedisProfileSink
 from streams.topics import TopicNames
 
 _prefixes = itertools.count(1)
 CHANGELOG = "t.profiles-changelog"
+IDENTITY_CHANGELOG = "t.identity-graph-changelog"
 
 
 def test_behind():
@@ -37,6 +38,10 @@ class Table(dict):
     changelog_topic = SimpleNamespace(get_topic_name=lambda: CHANGELOG)
 
 
+class IdentityTable(dict):
+    changelog_topic = SimpleNamespace(get_topic_name=lambda: IDENTITY_CHANGELOG)
+
+
 class Producer:
     def __init__(self) -> None:
         self.flushes = 0
@@ -45,12 +50,17 @@ class Producer:
         self.flushes += 1
 
 
+def on_changelogs(offsets: dict[int | TP, int] | None) -> dict[TP, int]:
+    """Offsets by changelog partition: an int is a partition of the profile table's changelog."""
+    return {TP(CHANGELOG, k) if isinstance(k, int) else k: v for k, v in (offsets or {}).items()}
+
+
 class Consumer:
-    def __init__(self, ends: dict[int, int]) -> None:
-        self.ends = ends  # changelog partition -> end offset
+    def __init__(self, ends: dict[int | TP, int]) -> None:
+        self.ends = on_changelogs(ends)  # changelog partition -> end offset
 
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
-        return {tp: self.ends[tp.partition] for tp in tps if tp.partition in self.ends}
+        return {tp: self.ends[tp] for tp in tps if tp in self.ends}
 
 
 @pytest.fixture()
@@ -72,16 +82,23 @@ def plain_render(monkeypatch):
 
 
 def serving_view(redis_server, layout: RedisLayout, table: dict[bytes, dict], owned: set[int],
-                 partitions: int = 1, recovered: dict[int, int] | None = None,
-                 ends: dict[int, int] | None = None) -> ServingView:
+                 partitions: int = 1, recovered: dict[int | TP, int] | None = None,
+                 ends: dict[int | TP, int] | None = None, identity: dict[bytes, object] | None = None) -> ServingView:
+    """A worker holding the profile partitions ``owned``, and the identity graph if ``identity`` is given."""
     names = TopicNames("t.")
     sink = RedisProfileSink(redis_server.url, layout)
-    recovery = SimpleNamespace(completed=SimpleNamespace(is_set=lambda: True),
-                               active_highwaters={TP(CHANGELOG, p): o for p, o in (recovered or {}).items()})
+    recovery = SimpleNamespace(completed=SimpleNamespace(is_set=lambda: True), active_highwaters=on_changelogs(recovered))
+
+    def actives() -> set[TP]:
+        return {TP(names.by_customer, p) for p in owned} | ({TP(names.identity_events, 0)} if identity is not None
+                                                             else set())
+
     app = SimpleNamespace(rebalancing=False, in_recovery=False, rebalancing_count=1,
-                          tables=SimpleNamespace(recovery=recovery), producer=Producer(), consumer=Consumer(ends or {}),
-                          assignor=SimpleNamespace(assigned_actives=lambda: {TP(names.by_customer, p) for p in owned}))
+                          tables=SimpleNamespace(recovery=recovery), producer=Producer(), consumer=Consumer(ends),
+                          assignor=SimpleNamespace(assigned_actives=actives))
     wiring = SimpleNamespace(names=names, sink=sink, profiles=Table(table), erasing=set(),
+                             identity=IdentityTable(identity or {}), deferred_erasures={},
+                             identity_sink=RedisIdentitySink(redis_server.url, layout),
                              settings=SimpleNamespace(partitions=partitions))
     return ServingView(app, wiring)  # type: ignore[arg-type]
 
@@ -105,6 +122,7 @@ def run(view: ServingView, coroutine):
             return await coroutine
         finally:
             await view.wiring.sink.close()
+            await view.wiring.identity_sink.close()
     return asyncio.run(go())
 
 
@@ -124,7 +142,7 @@ def test_catch_up_writes_only_what_redis_is_behind_on(redis_server, layout, clie
     # b older, c missing: written; a the same, d empty, e a stub: left alone
     assert versions(client, layout, "a", "b", "c", "d", "e") == {"a": 3, "b": 2, "c": 1, "d": None, "e": None}
     assert view.caught_up == {"profiles:0"} and view.restaged == 2
-    assert view.catch_ups == {"scanned": 1, "clean_handover": 0}
+    assert view.catch_ups == {"scanned": 1, "clean_handover": 0, "identity_rewritten": 0, "identity_clean_handover": 0}
     calls = hget_calls(client)
     run(view, view.check())  # caught up: no second pass while the worker keeps the partition
     assert hget_calls(client) == calls
@@ -178,7 +196,7 @@ def test_a_clean_mark_at_the_recovered_offset_spares_the_scan_and_any_other_does
     # Partition 0's table ends where its previous owner left Redis complete: trusted, not scanned
     # (the missing hash of a shows it). Partition 1's table moved on since its mark: scanned.
     assert versions(client, layout, "a", "d") == {"a": None, "d": 5}
-    assert view.catch_ups == {"scanned": 1, "clean_handover": 1}
+    assert view.catch_ups == {"scanned": 1, "clean_handover": 1, "identity_rewritten": 0, "identity_clean_handover": 0}
     assert view.caught_up == {"profiles:0", "profiles:1"}
 
 
@@ -205,6 +223,145 @@ def test_a_clean_stop_whose_flush_fails_marks_nothing(redis_server, layout, clie
     assert run(view, view.mark_clean()) == []
     assert client.hgetall(layout.serving_clean()) == {}
     assert view.wiring.sink.pending == 1  # kept for a later flush, as any failed flush does
+
+
+IDENTITY_TP = TP(IDENTITY_CHANGELOG, 0)
+
+
+def graph_of(*people: tuple[str, list[str]], suppressed: tuple[str, ...] = ()) -> dict[bytes, object]:
+    """An identity table as the identity stage keeps it: identifier -> group, group -> members, suppressions."""
+    table: dict[bytes, object] = {}
+    for group, members in people:
+        table.update({f"i|{m}".encode(): group for m in members})
+        table[f"g|{group}".encode()] = {"members": sorted(members), "customer_id": group, "first_ts": 1}
+    table.update({f"s|{digest}".encode(): {"ts": "2026-12-01T00:00:00+00:00"} for digest in suppressed})
+    return table
+
+
+def identity_in_redis(client: redis.Redis, layout: RedisLayout) -> dict[str, object]:
+    """Every identity key in Redis under the layout's prefix, decoded, and the suppression list."""
+    held: dict[str, object] = {}
+    for key in client.scan_iter(match=layout.identity("*")):
+        held[key.decode()[len(layout.identity("")):]] = client.get(key).decode()
+    for key in client.scan_iter(match=layout.identity_group("*")):
+        held["group " + key.decode()[len(layout.identity_group("")):]] = orjson.loads(client.get(key))
+    held["suppressed"] = sorted(d.decode() for d in client.smembers(layout.suppressed()))
+    return held
+
+
+def expected_identity(table: dict[bytes, object]) -> dict[str, object]:
+    """What Redis should hold for ``table``, worked out from the table's keys alone."""
+    out: dict[str, object] = {"suppressed": []}
+    for raw, value in table.items():
+        kind, _, name = raw.decode().partition("|")
+        if kind == "i":
+            out[name] = value
+        elif kind == "g":
+            out["group " + name] = value
+        elif kind == "s":
+            out["suppressed"].append(name)  # type: ignore[union-attr]
+    out["suppressed"] = sorted(out["suppressed"])  # type: ignore[arg-type]
+    return out
+
+
+def test_the_identity_graph_taken_over_without_a_clean_mark_is_written_again(redis_server, layout, client):
+    """A killed owner loses the identity writes it kept after a failed flush (the table and its
+    changelog hold them): the graph has no versions to compare, so the next owner writes all of it."""
+    table = graph_of(("ann", ["cid:ann", "anon:a1"]), ("bob", ["cid:bob"]), suppressed=("d1", "d2"))
+    table[b"e|deferred"] = {"r-1": {"request_id": "r-1", "identifier": "cid:zed"}}
+    client.set(layout.identity("cid:ann"), "someone-else")  # a stale entry the table has moved on from
+    synced(client, layout, "profiles:0", "identity")  # Redis did not lose data: no rewrite in full
+    client.hset(layout.serving_clean(), "identity", 40)  # a mark from before the table moved on
+    view = serving_view(redis_server, layout, {}, {0}, identity=table, recovered={IDENTITY_TP: 57})
+    view.chunk = 2  # several chunks, each flushed
+    run(view, view.check())
+    assert identity_in_redis(client, layout) == expected_identity(table)
+    assert view.catch_ups["identity_rewritten"] == 1 and view.catch_ups["identity_clean_handover"] == 0
+    assert view.caught_up == {"profiles:0", "identity"} and view.backlog == 0
+    assert set(view.wiring.deferred_erasures) == {"r-1"}  # the put-off erasure goes on after the flush
+
+
+def test_a_clean_identity_mark_at_the_recovered_offset_spares_the_rewrite(redis_server, layout, client):
+    table = graph_of(("ann", ["cid:ann"]))
+    synced(client, layout, "identity")
+    client.hset(layout.serving_clean(), "identity", 57)
+    view = serving_view(redis_server, layout, {}, set(), identity=table, recovered={IDENTITY_TP: 57})
+    sets = client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    run(view, view.check())
+    assert identity_in_redis(client, layout) == {"suppressed": []}  # trusted: nothing written
+    assert client.info("commandstats").get("cmdstat_set", {}).get("calls", 0) == sets
+    assert view.catch_ups["identity_clean_handover"] == 1 and view.catch_ups["identity_rewritten"] == 0
+    assert view.caught_up == {"identity"}
+
+
+def test_a_clean_stop_marks_the_identity_graph_after_flushing_it(redis_server, layout, client):
+    synced(client, layout, "profiles:0", "identity")
+    view = serving_view(redis_server, layout, {}, {0}, identity={}, ends={0: 10, IDENTITY_TP: 58})
+    view.caught_up = {"profiles:0", "identity"}
+    view.wiring.identity_sink.stage_id("cid:cy", "cy")  # staged, not flushed yet
+
+    assert run(view, view.mark_clean()) == ["profiles:0", "identity"]
+    assert client.hgetall(layout.serving_clean()) == {b"profiles:0": b"9", b"identity": b"57"}
+    assert client.get(layout.identity("cid:cy")) == b"cy"  # flushed before the mark
+
+
+def test_a_rebalance_that_takes_only_the_identity_graph_marks_only_it(redis_server, layout, client):
+    synced(client, layout, "profiles:0", "identity")
+    view = serving_view(redis_server, layout, {}, {0}, identity={}, ends={0: 10, IDENTITY_TP: 58})
+    view.caught_up = {"profiles:0", "identity"}
+    revoked = [TP(view.wiring.names.identity_events, 0)]
+    assert run(view, view.mark_clean(revoked)) == ["identity"]
+    assert client.hgetall(layout.serving_clean()) == {b"identity": b"57"}
+
+
+def test_no_clean_identity_mark_while_erasures_are_put_off(redis_server, layout, client):
+    """The put-off requests live in the table: the next owner must take the rewrite path, which reads them."""
+    synced(client, layout, "profiles:0", "identity")
+    view = serving_view(redis_server, layout, {}, {0}, identity={}, ends={0: 10, IDENTITY_TP: 58})
+    view.caught_up = {"profiles:0", "identity"}
+    view.wiring.deferred_erasures["r-1"] = {"request_id": "r-1"}
+    assert run(view, view.mark_clean()) == ["profiles:0"]
+    assert client.hgetall(layout.serving_clean()) == {b"profiles:0": b"9"}
+
+
+def test_a_failed_identity_flush_at_a_clean_stop_marks_nothing(redis_server, layout, client):
+    synced(client, layout, "profiles:0", "identity")
+    client.set(layout.suppressed(), "not a set")  # SADD fails on it: WRONGTYPE
+    view = serving_view(redis_server, layout, {}, {0}, identity={}, ends={0: 10, IDENTITY_TP: 58})
+    view.caught_up = {"profiles:0", "identity"}
+    view.wiring.identity_sink.stage_suppressed("d9")
+    assert run(view, view.mark_clean()) == []
+    assert client.hgetall(layout.serving_clean()) == {}
+    assert view.wiring.identity_sink.pending == 1  # kept for a later flush
+
+
+def test_the_identity_rewrite_never_restages_what_a_change_under_way_replaces(redis_server, layout, client):
+    """The identity stage stages a change, flushes it, and only then writes its table. A rewrite
+    chunk read while that flush is under way would find the old value in the table and write it
+    over the change; a change staged and not yet flushed must not be replaced by the table's value."""
+    table = graph_of(("ann", ["cid:ann", "anon:a1"]), ("bob", ["cid:bob"]))
+    synced(client, layout, "identity")
+    view = serving_view(redis_server, layout, {}, set(), identity=table)
+    sink = view.wiring.identity_sink
+
+    async def change(ident: str, group: str) -> None:  # what streams.resolver does for a link
+        sink.stage_id(ident, group)
+        await sink.flush()
+        view.wiring.identity[f"i|{ident}".encode()] = group
+
+    async def scenario() -> None:
+        sink.stage_id("cid:bob", "ann")  # staged, its flush not begun when the rewrite starts
+        await view._identity()
+        view.wiring.identity[b"i|cid:bob"] = "ann"  # the stage writes its table after that flush
+        table_moving = asyncio.create_task(change("anon:a1", "bob"))
+        await asyncio.sleep(0)  # the change's flush is now under way (its pipeline awaits Redis)
+        await view._identity()
+        await table_moving
+        await sink.flush()
+
+    run(view, scenario())
+    assert client.get(layout.identity("anon:a1")) == b"bob"
+    assert client.get(layout.identity("cid:bob")) == b"ann"
 
 
 def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
@@ -300,7 +457,6 @@ def resolver_on(redis_server, layout: RedisLayout, table: dict):
     from pydantic import SecretStr
 
     from streams.resolver import Resolver
-    from streams.sinks import RedisIdentitySink
 
     settings = SimpleNamespace(blocked_values=frozenset(), identity_max_identifiers=50, partitions=1,
                                internal_message_bytes=1_000_000, hash_key=SecretStr("k" * 32))

@@ -66,7 +66,8 @@ def fake_worker(lag_committed: dict, ends: dict):
                                                dead_letters=Counter({"invalid_json": 1}), merge_double_counted=5,
                                                merge_recounted=4),
                              settings=SimpleNamespace(stall_seconds=60))
-    serving = SimpleNamespace(backlog=5, rewritten=2, restaged=7, catch_ups={"scanned": 3, "clean_handover": 1})
+    catch_ups = {"scanned": 3, "clean_handover": 1, "identity_rewritten": 2, "identity_clean_handover": 0}
+    serving = SimpleNamespace(backlog=5, rewritten=2, restaged=7, catch_ups=catch_ups)
     learner = SimpleNamespace(core=SimpleNamespace(replays_skipped=6))
     return WorkerMetrics(app, wiring, serving, learner)
 
@@ -93,7 +94,9 @@ def test_collector_reports_lag_from_end_minus_committed():
     assert m["omniprofile_dead_letters_total"] == [({"reason": "invalid_json"}, 1.0)]
     assert ({"sink": "profiles"}, 1.0) in m["omniprofile_redis_errors_total"]
     assert m["omniprofile_redis_resync_backlog"] == [({}, 5.0)]
-    assert m["omniprofile_redis_catchups_total"] == [({"how": "clean_handover"}, 1.0), ({"how": "scanned"}, 3.0)]
+    assert m["omniprofile_redis_catchups_total"] == [
+        ({"how": "clean_handover"}, 1.0), ({"how": "identity_clean_handover"}, 0.0),
+        ({"how": "identity_rewritten"}, 2.0), ({"how": "scanned"}, 3.0)]
     assert m["omniprofile_redis_restaged_total"] == [({}, 7.0)]
     assert m["omniprofile_rebalances_total"] == [({}, 3.0)]
     assert m["omniprofile_commits_held_total"] == [({}, 4.0)]
@@ -116,5 +119,5 @@ def test_status_tables_show_the_figures():
     assert any(line.split() == ["clickstream", "6"] for line in lines)
     assert any(line.split() == ["dead-lettered:", "invalid_json", "1"] for line in lines)
     assert any(line.split() == ["p.events.clickstream", "0", "10"] for line in lines)
-    assert any("partitions taken over: 3 scanned, 1 handed over cleanly, 7 profiles re-written" in line
-               for line in lines)
+    assert any("partitions taken over: 3 scanned, 1 handed over cleanly, 7 profiles re-written; identity graph "
+               "taken over: 2 rewritten, 0 handed over cleanly" in line for line in lines)
