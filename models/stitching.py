@@ -99,6 +99,7 @@ class Received:
     waiting: bool = False
     gave_up: list[str] = field(default_factory=list)  # merges no longer waited for
     unrewound: list[str] = field(default_factory=list)  # given-up merges that can no longer be recounted
+    double_counted: int = 0  # events a dropped rewind would have counted once (see Absorbed.double_counted)
 
 
 def receive(
@@ -130,7 +131,8 @@ def receive(
         if held is None or "rewind" not in held:
             return Received(held, records)
         state = copy_state(held)
-        return Received(state, records, unrewound=_log(state, records, keep))
+        unrewound, doubled = _log(state, records, keep)
+        return Received(state, records, unrewound=unrewound, double_counted=doubled)
     state = copy_state(held)
     if now_ms - pending["since"] < wait_ms or behind_ms >= wait_ms:
         state["pending"]["held"].extend(records)
@@ -138,41 +140,47 @@ def receive(
     given_up = state.pop("pending")
     folded = given_up["held"] + records
     if keep and "rewind" not in state:
-        base = copy_state(state)
-        for name in ("journey", "segments", "segment_history"):  # not recounted (see _recount)
-            base.pop(name, None)
-        state["rewind"] = {"from": [], "base": base, "records": []}
+        state["rewind"] = _new_rewind(state)
     if "rewind" in state:
         state["rewind"]["from"] += [x for x in given_up["from"] if x not in state["rewind"]["from"]]
-    return Received(state, folded, gave_up=given_up["from"], unrewound=_log(state, folded, keep))
+    unrewound, doubled = _log(state, folded, keep)
+    return Received(state, folded, gave_up=given_up["from"], unrewound=unrewound, double_counted=doubled)
+
+
+def _new_rewind(state: State) -> dict[str, Any]:
+    """A rewind whose base is ``state`` as it is now (see :func:`receive`)."""
+    base = copy_state(state)
+    for name in ("journey", "segments", "segment_history", "rewind"):  # not recounted (see _recount)
+        base.pop(name, None)
+    return {"from": [], "base": base, "records": []}
 
 
 REWIND_MAX_BYTES = 256 * 1024  # of kept events: every table write of the profile carries them
 
 
-def _log(state: State, records: list[dict[str, Any]], keep: int) -> list[str]:
+def _log(state: State, records: list[dict[str, Any]], keep: int) -> tuple[list[str], int]:
     """Add ``records`` (about to be folded) to ``state``'s rewind; drop the rewind once it would
     hold more than ``keep`` events or :data:`REWIND_MAX_BYTES` of them, and return the merges it
-    was kept for."""
+    was kept for and the double counts it would have undone (``doubled``, see :func:`absorb`)."""
     rewind = state.get("rewind")
     if rewind is None:
-        return []
+        return [], 0
     rewind["records"].extend(records)
     rewind["bytes"] = rewind.get("bytes", 0) + sum(len(orjson.dumps(r)) for r in records)
     if len(rewind["records"]) <= keep and rewind["bytes"] <= REWIND_MAX_BYTES:
-        return []
+        return [], 0
     del state["rewind"]
-    return rewind["from"]
+    return rewind["from"], rewind.get("doubled", 0)
 
 
 def handover(key: str, held: State | None, cause: str | None) -> dict[str, Any]:
-    """What a profile merged away sends to the survivor: its state (None when it has no events)
-    and whatever it was itself still waiting for."""
+    """What a profile merged away sends to the survivor: its state (None when it has no events),
+    whatever it was itself still waiting for, and its rewind if it keeps one (the merges it gave up
+    on arrive later at the survivor, which recounts them from it)."""
     state = copy_state(held) if held is not None else None
     pending = state.pop("pending", None) if state is not None else None
-    if state is not None:
-        state.pop("rewind", None)  # merges it gave up on, arriving later, follow it as plain merges
-    return {
+    rewind = state.pop("rewind", None) if state is not None else None
+    message = {
         "op": "absorb",
         "from": key,
         "cause": cause,
@@ -180,6 +188,9 @@ def handover(key: str, held: State | None, cause: str | None) -> dict[str, Any]:
         "pending": pending["from"] if pending else [],
         "held": pending["held"] if pending else [],
     }
+    if rewind is not None and message["state"] is not None:
+        message["rewind"] = rewind
+    return message
 
 
 @dataclass(slots=True)
@@ -253,7 +264,14 @@ def absorb(
 
     The late handover of a hold given up (:func:`receive`) is merged in by rewinding
     (:func:`_recount`). While a rewind is kept, every other history merged in joins its base
-    too, and every event folded after a merge joins its events."""
+    too, and every event folded after a merge joins its events. A handover that brings a rewind
+    of its own (the absorbed profile had given up a hold too) joins it: its base to the base,
+    its events to the events, the merges it waits for to those waited for here.
+
+    A plain merge counts the events both histories hold twice (:func:`overlap`). While a rewind
+    is kept, only those in both bases stay counted twice (``double_counted``); the others are
+    among the rewind's events, which its recount counts once, so they are reported only if the
+    rewind is dropped first (its ``doubled``, returned by :func:`_log`)."""
     state = copy_state(held)
     pending = state.pop("pending", None) or {"from": [], "held": [], "since": now_ms}
     rewind = state.pop("rewind", None)
@@ -263,17 +281,33 @@ def absorb(
     absorbed = message["from"]
     if other is not None and already_absorbed(held, absorbed):
         other = None  # a replayed handover: its history is in already (its held events dedup)
+    incoming = message.get("rewind") if other is not None else None
     result = Absorbed(state, [], bool(waiting), other is not None)
     if other is not None:
+        if incoming is not None and rewind is None and dedup_window:
+            rewind = _new_rewind(state)
+        final = 0  # double counts no recount can undo (both in the rewind's base)
         if rewind is not None:  # every history merged in joins the base too
-            rewind["base"] = _merge_in(rewind["base"], other, absorbed, dedup_window)
+            other_base = incoming["base"] if incoming is not None else other
+            final = overlap(rewind["base"], other_base)
+            rewind["base"] = _merge_in(rewind["base"], other_base, absorbed, dedup_window)
+            if incoming is not None:
+                rewind["records"] = rewind["records"] + incoming["records"]
+                rewind["bytes"] = rewind.get("bytes", 0) + incoming.get("bytes", 0)
+                rewind["from"] += [x for x in incoming["from"]
+                                   if x not in rewind["from"] and x != state["customer_id"]]
+                rewind["doubled"] = rewind.get("doubled", 0) + incoming.get("doubled", 0)
         if rewind is not None and absorbed in rewind["from"]:
             result.state = _recount(state, rewind["base"], rewind["records"], dedup_window)
             # what plain merging would have counted twice (the events both hold)
             result.recounted = state["events"] + other["events"] - result.state["events"]
+            rewind.pop("doubled", None)  # the recount counted the rewind's events once
         else:
             result.state = _merge_in(state, other, absorbed, dedup_window)
-            result.double_counted = overlap(state, other)
+            both = overlap(state, other)
+            result.double_counted = both if rewind is None else min(final, both)
+            if rewind is not None and both > result.double_counted:
+                rewind["doubled"] = rewind.get("doubled", 0) + both - result.double_counted
         result.withdrawn, result.added = merge_journey(result.state, other.get("journey"), window_ms, halflife_ms)
     elif not already_absorbed(held, absorbed):
         # A profile without events handed over nothing, but it is merged in all the same: a
@@ -289,5 +323,6 @@ def absorb(
         result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}
     else:
         result.records = records
-        result.unrewound = _log(result.state, records, dedup_window)
+        result.unrewound, doubled = _log(result.state, records, dedup_window)
+        result.double_counted += doubled
     return result

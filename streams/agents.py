@@ -311,6 +311,10 @@ async def receive_records(
         log.warning("Profile %s waited too long for the merge of %s; applying its held events (and keeping "
                     "what it folds until that merge comes, to recount it)", key.decode(), ", ".join(received.gave_up))
     warn_unrewound(key, received.unrewound, s.dedup_window)
+    if received.double_counted:
+        wiring.stats.merge_double_counted += received.double_counted
+        log.warning("Profile %s dropped the rewind that would have counted %d event(s) of a merge once: they "
+                    "stay counted twice", key.decode(), received.double_counted)
     await fold_records(wiring, models, key, received.state, received.records, journeys)
 
 
@@ -368,14 +372,19 @@ async def fold_records(
 # --- identity: the profile side of merges and erasure (streams.resolver sends these) ----------------
 
 
+async def send_handover(wiring: Wiring, key: bytes, held: dict | None, message: dict) -> dict:
+    """Send this profile's handover (models.stitching.handover) to ``message["into"]``."""
+    handover = stitching.handover(key.decode(), held, message.get("cause"))
+    await send_by_customer(wiring, message["into"].encode(), orjson.dumps(handover))
+    return handover
+
+
 async def merge_away(wiring: Wiring, key: bytes, held: dict | None, message: dict) -> None:
     """This profile joins ``message["into"]``: send it there, leave a forwarding stub, tombstone it."""
-    into = message["into"]
-    handover = stitching.handover(key.decode(), held, message.get("cause"))
-    await send_by_customer(wiring, into.encode(), orjson.dumps(handover))
+    handover = await send_handover(wiring, key, held, message)
     # Messages still on their way here (events routed before the merge, a merge that was
     # waiting on this profile) follow it through the stub.
-    wiring.profiles[key] = stitching.stub(into, now_ms())
+    wiring.profiles[key] = stitching.stub(message["into"], now_ms())
     if handover["state"] is not None:
         await wiring.updates_topic.send(key=key, value=None)
         wiring.sink.stage_delete(key.decode(), handover["state"].get("segments", {}))
@@ -448,8 +457,7 @@ async def to_erased(wiring: Wiring, key: bytes, held: dict, message: object) -> 
     if isinstance(message, dict) and message.get("op") == "forget":
         await forget(wiring, key, held)
     elif isinstance(message, dict) and message.get("op") == "merge_into":  # nothing to hand over
-        handover = stitching.handover(key.decode(), None, message.get("cause"))
-        await send_by_customer(wiring, message["into"].encode(), orjson.dumps(handover))
+        await send_handover(wiring, key, None, message)
     else:
         log.info("Dropped a message for an erased profile (%s)",
                  message.get("op") if isinstance(message, dict) else "events")

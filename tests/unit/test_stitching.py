@@ -270,13 +270,90 @@ def test_a_rewind_past_its_limit_is_dropped_and_the_late_merge_says_what_it_coun
     assert a.state["events"] == events + 2  # what the metric reports: counted twice
 
 
-def test_a_profile_merged_away_while_rewinding_hands_over_no_rewind(ref):
+def test_a_profile_merged_away_while_rewinding_hands_its_rewind_over(ref):
     held = receive(expect(None, "anon:s", "anon:x", now_ms=0), [ref.record("e1", "page_view", 1)], 1, WAIT)
     late = receive(held.state, [], now_ms=WAIT + 2, wait_ms=WAIT)
     state = fold(late.state, late.records)
     assert "rewind" in state
     message = handover("anon:s", state, cause="login")
     assert "rewind" not in message["state"] and message["state"]["events"] == 1
+    assert message["rewind"]["from"] == ["anon:x"]
+    assert [r["event_id"] for r in message["rewind"]["records"]] == ["e1"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_rewind_handed_over_is_recounted_where_the_late_merge_arrives(seed, ref):
+    """anon:s gave up waiting for anon:x and folded x's redelivered events; then anon:s itself is
+    merged into c-1, and x's handover arrives late, forwarded to c-1. c-1 must end as one customer
+    who made every event once: the rewind went with the handover. Some of c-1's own events were
+    also redelivered to anon:s after its hold (in both, and among the rewind's events)."""
+    rng = random.Random(seed)
+    records = ref.random_records(seed, n=120, anonymous_ids=("s", "x"))
+    x_part, s_part, c_part, since = [], [], [], []
+    for r in records:
+        [x_part, s_part, c_part, since][rng.randrange(4)].append(r)
+    during = rng.sample(x_part, len(x_part) // 3)  # redelivered to anon:s during its hold
+    after = since + rng.sample(x_part, len(x_part) // 4) + rng.sample(c_part, len(c_part) // 4)
+    rng.shuffle(after)
+    x = apply_events(None, "anon:x", x_part).state
+    c = apply_events(None, "c-1", c_part).state
+
+    s = expect(apply_events(None, "anon:s", s_part).state, "anon:s", "anon:x", now_ms=0)
+    s = receive(s, during, now_ms=1, wait_ms=WAIT).state
+    for i in range(0, len(after), 9):  # the hold given up; each later message joins the rewind
+        r = receive(s, after[i:i + 9], now_ms=WAIT + 2 + i, wait_ms=WAIT)
+        assert not r.unrewound
+        s = fold(r.state, r.records)
+    assert s["rewind"]["from"] == ["anon:x"]
+
+    c = expect(c, "c-1", "anon:s", now_ms=2 * WAIT)
+    a = absorb(c, handover("anon:s", s, cause="login"), now_ms=2 * WAIT + 1)
+    assert a.double_counted == 0 and a.state["rewind"]["from"] == ["anon:x"]
+    c = fold(a.state, a.records)
+    a = absorb(c, handover("anon:x", x, cause="login"), now_ms=2 * WAIT + 2)
+    assert a.double_counted == 0 and "rewind" not in a.state
+    c = fold(a.state, a.records)
+
+    whole = apply_events(None, "c-1", records).state
+    c.pop("journey")
+    assert without(c) == without(whole)
+    revenue = sum(round(r["properties"]["revenue"] * 100) for r in records if "revenue" in r["properties"])
+    assert c["events"] == len(records) and c["all"]["revenue_cents"] == revenue
+    assert sorted(c["merged_from"]) == ["anon:s", "anon:x"]
+
+
+def test_a_plain_merge_while_rewinding_reports_only_what_no_recount_undoes(ref):
+    """c-1 keeps a rewind for anon:x when anon:z merges in plainly. z holds one event c-1 had
+    before it gave up (in the rewind's base: counted twice for good) and one it folded after
+    (among the rewind's events: the recount counts it once). Only the first is reported; the
+    second only if the rewind is dropped before x comes."""
+    before = ref.record("b", "page_view", 10)
+    folded_after = ref.record("f", "page_view", 20)
+    z_events = [before, folded_after, ref.record("z", "page_view", 30, customer_id=None, anonymous_id="z")]
+    x_events = [ref.record("x", "page_view", 40, customer_id=None, anonymous_id="x")]
+    z = apply_events(None, "anon:z", z_events).state
+    x = apply_events(None, "anon:x", x_events).state
+
+    def rewinding(keep: int):
+        state = expect(apply_events(None, "c-1", [before]).state, "c-1", "anon:x", now_ms=0)
+        r = receive(state, [folded_after], now_ms=WAIT + 1, wait_ms=WAIT, keep=keep)
+        return fold(r.state, r.records)
+
+    a = absorb(rewinding(5), handover("anon:z", z, cause="link"), now_ms=WAIT + 2, dedup_window=5)
+    assert a.double_counted == 1 and a.state["rewind"]["doubled"] == 1
+    state = fold(a.state, a.records)
+    a = absorb(state, handover("anon:x", x, cause="login"), now_ms=WAIT + 3, dedup_window=5)
+    assert a.recounted == 1 and a.double_counted == 0 and "rewind" not in a.state
+    distinct, _ = recount(z_events, x_events)
+    assert a.state["events"] == distinct + 1  # "b" twice, as reported
+
+    a = absorb(rewinding(1), handover("anon:z", z, cause="link"), now_ms=WAIT + 2, dedup_window=5)
+    assert a.double_counted == 1
+    state = fold(a.state, a.records)
+    more = receive(state, [ref.record("m", "page_view", 50)], now_ms=WAIT + 3, wait_ms=WAIT, keep=1)
+    assert more.unrewound == ["anon:x"] and more.double_counted == 1  # "f" now stays counted twice
+    state = fold(more.state, more.records)
+    assert state["events"] == len({e["event_id"] for e in z_events} | {"m"}) + 2
 
 
 def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
