@@ -283,8 +283,12 @@ def absorb(
         other = None  # a replayed handover: its history is in already (its held events dedup)
     incoming = message.get("rewind") if other is not None else None
     result = Absorbed(state, [], bool(waiting), other is not None)
+    if incoming is not None and not dedup_window:  # no rewinds kept here: what it was kept for is lost
+        result.unrewound = list(incoming["from"])
+        result.double_counted += incoming.get("doubled", 0)
+        incoming = None
     if other is not None:
-        if incoming is not None and rewind is None and dedup_window:
+        if incoming is not None and rewind is None:
             rewind = _new_rewind(state)
         final = 0  # double counts no recount can undo (both in the rewind's base)
         if rewind is not None:  # every history merged in joins the base too
@@ -301,6 +305,7 @@ def absorb(
             result.state = _recount(state, rewind["base"], rewind["records"], dedup_window)
             # what plain merging would have counted twice (the events both hold)
             result.recounted = state["events"] + other["events"] - result.state["events"]
+            result.double_counted = final  # both bases held them: the recount cannot undo those
             rewind.pop("doubled", None)  # the recount counted the rewind's events once
         else:
             result.state = _merge_in(state, other, absorbed, dedup_window)
@@ -319,10 +324,14 @@ def absorb(
         rewind["from"] = [x for x in rewind["from"] if x != absorbed]
         if rewind["from"]:
             result.state["rewind"] = rewind
+        else:  # ended without a recount (the late profile had no events): what it deferred stays
+            result.double_counted += rewind.get("doubled", 0)
     if waiting:
         result.state["pending"] = {"from": waiting, "held": records, "since": pending["since"]}
     else:
         result.records = records
-        result.unrewound, doubled = _log(result.state, records, dedup_window)
-        result.double_counted += doubled
+    # the events folded next join the rewind; a rewind that grew past its limits is dropped
+    unrewound, doubled = _log(result.state, result.records, dedup_window)
+    result.unrewound += unrewound
+    result.double_counted += doubled
     return result

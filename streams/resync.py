@@ -24,7 +24,7 @@ stays caught up as long as this worker keeps it; a rebalance that takes it away 
 The scan costs one ``HGET`` per profile (about 70 us each on rocksdict, docs/reliability.md), at
 every start. A worker that stops cleanly (SIGTERM) therefore leaves, per profile partition it had
 caught up and then flushed completely, the offset its table's changelog ended at in
-``{prefix}serving-clean`` (so does the identity graph, unless erasures are put off); the next owner
+``{prefix}serving-clean`` (so does the identity graph); the next owner
 skips the scan (the rewrite) when its own recovered table ends at the same offset (nothing changed
 the table since Redis was complete). Any write to the table after the
 mark moves the end, so a later crash is caught up as before.
@@ -48,7 +48,9 @@ from faust.types import TP
 from redis.exceptions import RedisError
 
 from models import stitching
-from models.identity import ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX
+from models.identity import (
+    ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX, erase, store_changes, store_graph,
+)
 from models.journeys import week_windows_of
 from models.view import decode_profile_json, redis_fields, render_profile
 from streams.app import Wiring
@@ -299,13 +301,14 @@ class ServingView:
             given = self.caught_up & ({f"profiles:{tp.partition}" for tp in revoked if tp.topic == names.by_customer}
                                       | {"identity" for tp in revoked if tp.topic == names.identity_events})
         # A partition with an erased marker still to remove is left to the next owner's scan (it
-        # finds the marker there; ``erasing`` lives in this worker's memory only). The identity
-        # graph with erasures put off is left to a rewrite (the next owner finds them in the table).
+        # finds the marker there; ``erasing`` lives in this worker's memory only). Erasures the
+        # identity stage put off need no such care: their deletes are staged (flushed below), and
+        # the next owner reads the requests from the table either way (_catch_up).
         erasing = {partition_of(key, self.wiring.settings.partitions) for key in self.wiring.erasing}
         parts = {f"profiles:{p}": self._changelog(p)
                  for p in sorted(int(part.partition(":")[2]) for part in given if part.startswith("profiles:"))
                  if p not in erasing}
-        if "identity" in given and not self.wiring.deferred_erasures:
+        if "identity" in given:
             parts["identity"] = self._identity_changelog()
         if not parts:
             return []
@@ -448,12 +451,15 @@ class ServingView:
 
     async def _identity(self) -> int:
         """Write the whole identity graph again (identifier -> group, group -> members, the
-        suppression list), a chunk at a time while the identity stage goes on.
+        suppression list), a chunk at a time while the identity stage goes on, then delete the
+        identity keys Redis holds and the table does not.
 
         Each chunk reads the table's current values under the sink's lock, so never while a flush
         is under way: the identity stage writes its table only after the flush of a change, and a
         chunk read in that gap would restage the value the change replaces. A change staged and not
-        yet flushed is newer than the table, so it is kept (``restage``)."""
+        yet flushed is newer than the table, so it is kept (``restage``). The entries of a person
+        whose erasure is put off (still in the table until it is carried out) are deleted, not
+        written back."""
         self._deferred_erasures()
         table, sink = self.wiring.identity, self.wiring.identity_sink
         prefixes = (ID_PREFIX, GROUP_PREFIX, SUPPRESSED_PREFIX)
@@ -461,13 +467,51 @@ class ServingView:
         self.backlog = len(keys)
         for start in range(0, len(keys), self.chunk):
             async with sink.lock:
+                erasing = erasing_keys(table)
                 for raw in keys[start:start + self.chunk]:
                     value = table.get(raw)
                     if value is None:  # gone since the keys were listed: its delete went through the sink
                         continue
                     kind, _, name = raw.decode().partition("|")
-                    sink.restage(kind, name, value)
+                    sink.restage(kind, name, None if raw in erasing else value)
             await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
             self.backlog = max(0, len(keys) - start - self.chunk)
-        return len(keys)
+        return len(keys) + await self._identity_orphans()
 
+    async def _identity_orphans(self) -> int:
+        """Delete the identifiers and groups Redis holds and the table does not: deletes a killed
+        worker kept after a failed flush (the group a merge absorbed, an erased person's entries).
+        One ``SCAN`` of Redis's keyspace for each of the two key kinds."""
+        table, sink = self.wiring.identity, self.wiring.identity_sink
+        client = self.wiring.sink.connection()
+        found: list[tuple[str, str]] = []
+        for kind, head in (("i", self.layout.identity("")), ("g", self.layout.identity_group(""))):
+            async for key in client.scan_iter(match=glob_escape(head) + "*", count=1000):
+                found.append((kind, (key.decode() if isinstance(key, bytes) else key)[len(head):]))
+        deleted = 0
+        for start in range(0, len(found), self.chunk):
+            async with sink.lock:  # a key the stage has just flushed is in its table by now
+                for kind, name in found[start:start + self.chunk]:
+                    if table.get(f"{kind}|{name}".encode()) is None:
+                        sink.restage(kind, name, None)
+                        deleted += 1
+            await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
+        if deleted:
+            log.info("Deleted %d identity entries from Redis that the table no longer holds", deleted)
+        return deleted
+
+
+def erasing_keys(table) -> set[bytes]:
+    """The identity table keys (``i|…``, ``g|…``) of the people whose erasure is put off."""
+    deferred = table.get(ERASING_KEY.encode()) or {}
+    out: set[bytes] = set()
+    for request in deferred.values():
+        graph, ids, groups = store_graph(lambda k: table.get(k.encode()))
+        erase(graph, request["identifier"])
+        out |= {key.encode() for key in store_changes(ids, groups)}
+    return out
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)

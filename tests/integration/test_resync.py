@@ -241,9 +241,9 @@ def graph_of(*people: tuple[str, list[str]], suppressed: tuple[str, ...] = ()) -
 def identity_in_redis(client: redis.Redis, layout: RedisLayout) -> dict[str, object]:
     """Every identity key in Redis under the layout's prefix, decoded, and the suppression list."""
     held: dict[str, object] = {}
-    for key in client.scan_iter(match=layout.identity("*")):
+    for key in client.scan_iter(match=resync.glob_escape(layout.identity("")) + "*"):
         held[key.decode()[len(layout.identity("")):]] = client.get(key).decode()
-    for key in client.scan_iter(match=layout.identity_group("*")):
+    for key in client.scan_iter(match=resync.glob_escape(layout.identity_group("")) + "*"):
         held["group " + key.decode()[len(layout.identity_group("")):]] = orjson.loads(client.get(key))
     held["suppressed"] = sorted(d.decode() for d in client.smembers(layout.suppressed()))
     return held
@@ -314,14 +314,60 @@ def test_a_rebalance_that_takes_only_the_identity_graph_marks_only_it(redis_serv
     assert client.hgetall(layout.serving_clean()) == {b"identity": b"57"}
 
 
-def test_no_clean_identity_mark_while_erasures_are_put_off(redis_server, layout, client):
-    """The put-off requests live in the table: the next owner must take the rewrite path, which reads them."""
+def test_a_clean_identity_mark_with_erasures_put_off_after_their_deletes_are_flushed(redis_server, layout, client):
+    """A put-off erasure's deletes are staged in the sink: the stop flushes them before the mark,
+    and the next owner reads the request from the table (test below) and sends it again."""
     synced(client, layout, "profiles:0", "identity")
+    client.set(layout.identity("cid:zed"), "zed")
     view = serving_view(redis_server, layout, {}, {0}, identity={}, ends={0: 10, IDENTITY_TP: 58})
     view.caught_up = {"profiles:0", "identity"}
-    view.wiring.deferred_erasures["r-1"] = {"request_id": "r-1"}
-    assert run(view, view.mark_clean()) == ["profiles:0"]
-    assert client.hgetall(layout.serving_clean()) == {b"profiles:0": b"9"}
+    view.wiring.deferred_erasures["r-1"] = {"request_id": "r-1", "identifier": "cid:zed"}
+    view.wiring.identity_sink.stage_id("cid:zed", None)  # what the put-off erasure staged
+    assert run(view, view.mark_clean()) == ["profiles:0", "identity"]
+    assert client.exists(layout.identity("cid:zed")) == 0
+
+
+def test_a_clean_identity_handover_still_picks_up_the_erasures_put_off(redis_server, layout, client):
+    table = graph_of(("zed", ["cid:zed"]))
+    table[b"e|deferred"] = {"r-1": {"request_id": "r-1", "identifier": "cid:zed"}}
+    synced(client, layout, "identity")
+    client.hset(layout.serving_clean(), "identity", 57)
+    view = serving_view(redis_server, layout, {}, set(), identity=table, recovered={IDENTITY_TP: 57})
+    run(view, view.check())
+    assert view.catch_ups["identity_clean_handover"] == 1 and set(view.wiring.deferred_erasures) == {"r-1"}
+
+
+def test_the_rewrite_deletes_a_person_whose_erasure_is_put_off_instead_of_writing_them_back(
+        redis_server, layout, client):
+    """The table keeps the person until the erasure is carried out (Redis was unreachable); their
+    deletes may already have reached Redis, or may not: either way the rewrite must not bring
+    them back, and it removes what is left."""
+    table = graph_of(("zed", ["cid:zed", "anon:z1"]), ("bob", ["cid:bob"]))
+    table[b"e|deferred"] = {"r-1": {"request_id": "r-1", "identifier": "anon:z1"}}
+    client.set(layout.identity("cid:zed"), "zed")  # this delete never reached Redis
+    synced(client, layout, "identity")
+    view = serving_view(redis_server, layout, {}, set(), identity=table)
+    run(view, view.check())
+    assert identity_in_redis(client, layout) == expected_identity(graph_of(("bob", ["cid:bob"])))
+    assert view.catch_ups["identity_rewritten"] == 1 and set(view.wiring.deferred_erasures) == {"r-1"}
+
+
+def test_the_rewrite_deletes_identity_keys_the_table_no_longer_holds(redis_server, layout, client):
+    """A merge deletes the absorbed group's document; a killed worker whose flush of that delete
+    failed leaves the document in Redis, and only a rewrite that looks at Redis can find it."""
+    table = graph_of(("ann", ["cid:ann", "anon:a1"]))
+    # A prefix with a glob character, and another deployment on the same Redis whose keys an
+    # unescaped pattern would match: not ours to touch.
+    layout, other = RedisLayout(layout.prefix + "*"), RedisLayout(layout.prefix + "x")
+    client.set(layout.identity_group("anon:a1"), b'{"members": ["anon:a1"]}')  # the group merged into ann
+    client.set(layout.identity("anon:gone"), "x")
+    client.set(other.identity("anon:gone"), "x")
+    synced(client, layout, "identity")
+    view = serving_view(redis_server, layout, {}, set(), identity=table)
+    view.chunk = 1
+    run(view, view.check())
+    assert identity_in_redis(client, layout) == expected_identity(table)
+    assert client.get(other.identity("anon:gone")) == b"x"
 
 
 def test_a_failed_identity_flush_at_a_clean_stop_marks_nothing(redis_server, layout, client):

@@ -356,6 +356,44 @@ def test_a_plain_merge_while_rewinding_reports_only_what_no_recount_undoes(ref):
     assert state["events"] == len({e["event_id"] for e in z_events} | {"m"}) + 2
 
 
+def test_a_recount_reports_what_the_late_history_shares_with_the_rewinds_base(ref):
+    """An event counted before the hold and also by the late profile is in the rewind's base and in
+    the late history: the recount cannot undo that one, so it is reported."""
+    shared = ref.record("b", "page_view", 10)
+    x_events = [shared, ref.record("x", "page_view", 40, customer_id=None, anonymous_id="x")]
+    x = apply_events(None, "anon:x", x_events).state
+    state = expect(apply_events(None, "c-1", [shared]).state, "c-1", "anon:x", now_ms=0)
+    r = receive(state, [ref.record("f", "page_view", 20)], now_ms=WAIT + 1, wait_ms=WAIT)
+    a = absorb(fold(r.state, r.records), handover("anon:x", x, cause="login"), now_ms=WAIT + 2)
+    assert a.double_counted == 1 and "rewind" not in a.state
+    distinct, _ = recount(x_events, [{"event_id": "f", "properties": {}}])
+    assert a.state["events"] == distinct + a.double_counted
+
+
+def test_a_rewind_ended_by_a_late_profile_without_events_reports_what_it_deferred(ref):
+    """A plain merge while rewinding deferred one double count to the recount; the late profile
+    then hands over no history (it had no events), so there is no recount and the count stands."""
+    folded_after = ref.record("f", "page_view", 20)
+    z_events = [folded_after, ref.record("z", "page_view", 30, customer_id=None, anonymous_id="z")]
+    state = expect(apply_events(None, "c-1", [ref.record("b", "page_view", 10)]).state, "c-1", "anon:x", now_ms=0)
+    r = receive(state, [folded_after], now_ms=WAIT + 1, wait_ms=WAIT)
+    a = absorb(fold(r.state, r.records), handover("anon:z", apply_events(None, "anon:z", z_events).state, "link"),
+               now_ms=WAIT + 2)
+    assert a.double_counted == 0 and a.state["rewind"]["doubled"] == 1
+    a = absorb(fold(a.state, a.records), handover("anon:x", None, cause="login"), now_ms=WAIT + 3)
+    assert a.double_counted == 1 and "rewind" not in a.state
+    assert a.state["events"] == len({"b", "f", "z"}) + 1
+
+
+def test_a_rewind_handed_to_a_profile_that_keeps_none_is_reported_lost(ref):
+    held = receive(expect(None, "anon:s", "anon:x", now_ms=0), [ref.record("e1", "page_view", 1)], 1, WAIT)
+    late = receive(held.state, [], now_ms=WAIT + 2, wait_ms=WAIT)
+    s = fold(late.state, late.records)
+    a = absorb(apply_events(None, "c-1", [ref.record("c", "page_view", 2)]).state,
+               handover("anon:s", s, cause="login"), now_ms=WAIT + 3, dedup_window=0)
+    assert a.unrewound == ["anon:x"] and "rewind" not in a.state
+
+
 def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
     anon = [ref.record(f"a{i}", "page_view", 1_000 + i, customer_id=None, anonymous_id="x") for i in range(4)]
     absorbed = apply_events(None, "anon:x", anon).state
