@@ -282,6 +282,11 @@ def absorb(
     if other is not None and already_absorbed(held, absorbed):
         other = None  # a replayed handover: its history is in already (its held events dedup)
     incoming = message.get("rewind") if other is not None else None
+    if other is not None:
+        # Held events the absorbed profile counted already. The joined window would skip them
+        # too, but only those it still holds: it keeps the newest ``dedup_window`` ids of both.
+        counted = set(other.get("seen", ()))
+        records = [r for r in records if r["event_id"] not in counted]
     result = Absorbed(state, [], bool(waiting), other is not None)
     if incoming is not None and not dedup_window:  # no rewinds kept here: what it was kept for is lost
         result.unrewound = list(incoming["from"])
@@ -302,7 +307,9 @@ def absorb(
                                    if x not in rewind["from"] and x != state["customer_id"]]
                 rewind["doubled"] = rewind.get("doubled", 0) + incoming.get("doubled", 0)
         if rewind is not None and absorbed in rewind["from"]:
-            result.state = _recount(state, rewind["base"], rewind["records"], dedup_window)
+            counted = set(other_base.get("seen", ()))  # as for held events, above
+            refold = [r for r in rewind["records"] if r["event_id"] not in counted]
+            result.state = _recount(state, rewind["base"], refold, dedup_window)
             # what plain merging would have counted twice (the events both hold)
             result.recounted = state["events"] + other["events"] - result.state["events"]
             result.double_counted = final  # both bases held them: the recount cannot undo those
