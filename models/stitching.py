@@ -282,10 +282,10 @@ def absorb(
     if other is not None and already_absorbed(held, absorbed):
         other = None  # a replayed handover: its history is in already (its held events dedup)
     incoming = message.get("rewind") if other is not None else None
-    if other is not None:
+    if message["state"] is not None:  # a replay too: the first absorb dropped the same events
         # Held events the absorbed profile counted already. The joined window would skip them
         # too, but only those it still holds: it keeps the newest ``dedup_window`` ids of both.
-        counted = set(other.get("seen", ()))
+        counted = set(message["state"].get("seen", ()))
         records = [r for r in records if r["event_id"] not in counted]
     result = Absorbed(state, [], bool(waiting), other is not None)
     if incoming is not None and not dedup_window:  # no rewinds kept here: what it was kept for is lost
@@ -302,16 +302,18 @@ def absorb(
             rewind["base"] = _merge_in(rewind["base"], other_base, absorbed, dedup_window)
             if incoming is not None:
                 rewind["records"] = rewind["records"] + incoming["records"]
-                rewind["bytes"] = rewind.get("bytes", 0) + incoming.get("bytes", 0)
                 rewind["from"] += [x for x in incoming["from"]
                                    if x not in rewind["from"] and x != state["customer_id"]]
                 rewind["doubled"] = rewind.get("doubled", 0) + incoming.get("doubled", 0)
+            # The base counts what the joined history counted: those events are not folded again
+            # at a recount (the joined window may not hold their ids, as for held events above).
+            counted = set(other_base.get("seen", ()))
+            rewind["records"] = [r for r in rewind["records"] if r["event_id"] not in counted]
+            rewind["bytes"] = sum(len(orjson.dumps(r)) for r in rewind["records"])
         if rewind is not None and absorbed in rewind["from"]:
-            counted = set(other_base.get("seen", ()))  # as for held events, above
-            refold = [r for r in rewind["records"] if r["event_id"] not in counted]
-            result.state = _recount(state, rewind["base"], refold, dedup_window)
+            result.state = _recount(state, rewind["base"], rewind["records"], dedup_window)
             # what plain merging would have counted twice (the events both hold)
-            result.recounted = state["events"] + other["events"] - result.state["events"]
+            result.recounted = max(0, state["events"] + other["events"] - result.state["events"])
             result.double_counted = final  # both bases held them: the recount cannot undo those
             rewind.pop("doubled", None)  # the recount counted the rewind's events once
         else:

@@ -351,10 +351,13 @@ def test_a_plain_merge_while_rewinding_reports_only_what_no_recount_undoes(ref):
     a = absorb(rewinding(1), handover("anon:z", z, cause="link"), now_ms=WAIT + 2, dedup_window=5)
     assert a.double_counted == 1
     state = fold(a.state, a.records)
-    more = receive(state, [ref.record("m", "page_view", 50)], now_ms=WAIT + 3, wait_ms=WAIT, keep=1)
+    assert a.state["rewind"]["records"] == []  # "f" is in the base now, with z's history
+    later = [ref.record("m", "page_view", 50), ref.record("n", "page_view", 51)]
+    more = receive(state, later, now_ms=WAIT + 3, wait_ms=WAIT, keep=1)
     assert more.unrewound == ["anon:x"] and more.double_counted == 1  # "f" now stays counted twice
     state = fold(more.state, more.records)
-    assert state["events"] == len({e["event_id"] for e in z_events} | {"m"}) + 2
+    distinct, _ = recount(z_events, later)
+    assert state["events"] == distinct + a.double_counted + more.double_counted == distinct + 2
 
 
 def test_a_recount_reports_what_the_late_history_shares_with_the_rewinds_base(ref):
@@ -415,6 +418,69 @@ def test_events_the_late_profile_counted_count_once_past_a_full_window(gave_up, 
     state = apply_events(a.state, "c-1", a.records, window).state
     distinct, _ = recount(own, x_events)
     assert state["events"] == distinct == 11 and a.double_counted == 0
+
+
+def full_window_survivor(ref, *late: str, window: int = 5):
+    """c-1 with a full window of its own events, given up on the ``late`` profiles, then folding d."""
+    d = ref.record("d", "page_view", 500)
+    state = apply_events(None, "c-1", [ref.record(f"c{i}", "page_view", 100 + i) for i in range(8)], window).state
+    for name in late:
+        state = expect(state, "c-1", name, now_ms=0)
+    r = receive(state, [d], now_ms=WAIT + 1, wait_ms=WAIT, keep=window)
+    return apply_events(r.state, "c-1", r.records, window).state, d
+
+
+def profile_of(ref, name: str, n: int, *also, window: int = 5):
+    events = [ref.record(f"{name}{i}", "page_view", 10 + i, customer_id=None, anonymous_id=name) for i in range(n)]
+    events += also
+    return apply_events(None, f"anon:{name}", events, window).state, events
+
+
+def test_a_second_recount_of_one_rewind_counts_once_past_a_full_window(ref):
+    """Given up on x and y; d, which x counted, folded since. x comes late (d once), the rewind goes
+    on for y, and y's recount must not count d again (nor report a negative recount)."""
+    state, d = full_window_survivor(ref, "anon:x", "anon:y")
+    x, x_events = profile_of(ref, "x", 2, d)
+    y, y_events = profile_of(ref, "y", 2)
+    reported = 0
+    for name, history in (("anon:x", x), ("anon:y", y)):
+        a = absorb(state, handover(name, history, cause="late"), now_ms=WAIT + 2, dedup_window=5)
+        assert a.recounted >= 0
+        reported += a.double_counted
+        state = fold(a.state, a.records)
+    own = [{"event_id": f"c{i}", "properties": {}} for i in range(8)]
+    assert state["events"] == recount(own, x_events, y_events)[0] + reported and reported == 0
+
+
+def test_a_history_merged_while_rewinding_counts_once_at_the_recount_past_a_full_window(ref):
+    state, d = full_window_survivor(ref, "anon:x")
+    z, z_events = profile_of(ref, "z", 2, d)  # z counted d too, and merges in plainly
+    x, x_events = profile_of(ref, "x", 2)
+    a = absorb(state, handover("anon:z", z, cause="link"), now_ms=WAIT + 2, dedup_window=5)
+    reported = a.double_counted
+    a = absorb(fold(a.state, a.records), handover("anon:x", x, cause="late"), now_ms=WAIT + 3, dedup_window=5)
+    reported += a.double_counted
+    state = fold(a.state, a.records)
+    own = [{"event_id": f"c{i}", "properties": {}} for i in range(8)]
+    assert state["events"] == recount(own, z_events, x_events)[0] + reported and reported == 0
+
+
+def test_a_replayed_handover_does_not_count_its_held_events_again(ref):
+    """anon:x held one of its own events (redelivered while it waited for anon:q); the survivor
+    drops it at the merge, since x counted it, and must drop it again when the handover is replayed."""
+    window = 5
+    x, x_events = profile_of(ref, "x", 3)
+    x = expect(x, "anon:x", "anon:q", now_ms=0)
+    x = receive(x, [x_events[1]], now_ms=1, wait_ms=WAIT, keep=window).state
+    message = handover("anon:x", x, cause="login")
+    message["pending"] = []  # anon:q's own handover is not this test's concern
+    assert message["held"] == [x_events[1]]
+    own = [ref.record(f"c{i}", "page_view", 100 + i) for i in range(8)]
+    state = expect(apply_events(None, "c-1", own, window).state, "c-1", "anon:x", now_ms=0)
+    for _ in range(2):
+        a = absorb(state, message, now_ms=2, dedup_window=window)
+        state = apply_events(a.state, "c-1", a.records, window).state
+        assert state["events"] == recount(own, x_events)[0] == 11
 
 
 def test_a_hold_kept_until_the_handover_counts_nothing_twice(ref):
