@@ -73,7 +73,18 @@ class Resolver:
         return hash_identifier(ident, self.hash_key)
 
     def suppressed(self, idents: list[str]) -> bool:
-        return any(self._get(SUPPRESSED_PREFIX + self.digest(i)) is not None for i in idents)
+        return (any(self._get(SUPPRESSED_PREFIX + self.digest(i)) is not None for i in idents)
+                or self._being_erased(idents))
+
+    def _being_erased(self, idents: list[str]) -> bool:
+        """Whether an identifier belongs to a person whose erasure is put off: their events are
+        dropped as they will be after it, so that none links the person to someone else first
+        (the erasure, carried out later, would then erase that other person too)."""
+        deferred = self._get(ERASING_KEY)
+        if not deferred:
+            return False
+        erasing = {m for request in deferred.values() for m in request.get("members", (request["identifier"],))}
+        return any(i in erasing for i in idents)
 
     async def handle(self, value: bytes) -> None:
         message = orjson.loads(value)
@@ -116,9 +127,13 @@ class Resolver:
             for delivery in deliveries:
                 await delivery
             if self._unwritten:
-                self._stage(self._unwritten)
-                await self.sink.flush()
-                self._write(self._unwritten, stage=False)
+                # Under the sink's lock from staging to the table write: no other flush (the
+                # timer's) sends the change before the table holds it, and the serving-view
+                # rewrite, which reads the table under the same lock, never sees one without the other.
+                async with self.sink.lock:
+                    self._stage(self._unwritten)
+                    await self.sink.flush_locked()
+                    self._write(self._unwritten, stage=False)
         finally:
             self._unwritten = {}
         batches: dict[str, list[dict]] = {}
@@ -199,28 +214,30 @@ class Resolver:
         digests = [self.digest(member) for member in members]
         # Redis first, flushed at once: once the table has forgotten the person, a request read
         # again after a crash finds nothing to delete, and nothing else would find these entries.
-        self._stage(changes)
-        for digest in digests:
-            self.sink.stage_suppressed(digest)
-        failed = self.sink.failed_flushes
-        await self.sink.flush()
-        if self.sink.failed_flushes != failed:
-            # Redis is unreachable: the table keeps the graph, and the request, until it is back
-            # (streams.agents.resend_erasures sends it again; a worker that restarts finds it here).
-            deferred[request["request_id"]] = request
-            self.table[ERASING_KEY.encode()] = deferred
-            self.wiring.deferred_erasures[request["request_id"]] = request
-            log.warning("Erasure %s put off: Redis is unreachable (it goes on once Redis has the deletes)",
-                        request["request_id"])
-            return
-        if deferred.pop(request["request_id"], None) is not None:
-            if deferred:
+        # Under the sink's lock through the table writes, as in _resolve.
+        async with self.sink.lock:
+            self._stage(changes)
+            for digest in digests:
+                self.sink.stage_suppressed(digest)
+            failed = self.sink.failed_flushes
+            await self.sink.flush_locked()
+            if self.sink.failed_flushes != failed:
+                # Redis is unreachable: the table keeps the graph, and the request, until it is back
+                # (streams.agents.resend_erasures sends it again; a worker that restarts finds it here).
+                deferred[request["request_id"]] = {**request, "members": members}
                 self.table[ERASING_KEY.encode()] = deferred
-            else:
-                del self.table[ERASING_KEY.encode()]
-        self._write(changes, stage=False)
-        for digest in digests:
-            self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
+                self.wiring.deferred_erasures[request["request_id"]] = request
+                log.warning("Erasure %s put off: Redis is unreachable (it goes on once Redis has the deletes)",
+                            request["request_id"])
+                return
+            if deferred.pop(request["request_id"], None) is not None:
+                if deferred:
+                    self.table[ERASING_KEY.encode()] = deferred
+                else:
+                    del self.table[ERASING_KEY.encode()]
+            self._write(changes, stage=False)
+            for digest in digests:
+                self.table[(SUPPRESSED_PREFIX + digest).encode()] = {"ts": now_iso()}
         keys = sorted({canonical_key(m) for m in members} | ({canonical} if canonical else set()))
         for key in keys:
             await send_by_customer(self.wiring, key.encode(), FORGET)

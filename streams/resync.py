@@ -454,48 +454,74 @@ class ServingView:
         suppression list), a chunk at a time while the identity stage goes on, then delete the
         identity keys Redis holds and the table does not.
 
-        Each chunk reads the table's current values under the sink's lock, so never while a flush
-        is under way: the identity stage writes its table only after the flush of a change, and a
-        chunk read in that gap would restage the value the change replaces. A change staged and not
-        yet flushed is newer than the table, so it is kept (``restage``). The entries of a person
-        whose erasure is put off (still in the table until it is carried out) are deleted, not
-        written back."""
+        Each chunk reads the table and writes Redis (its own pipeline, nothing staged that could
+        outlive the rewrite) under the sink's lock, which the identity stage holds from staging a
+        change to its table write: a chunk sees the change in both or in neither. A change staged
+        and not yet flushed (after a failed flush) is newer than the table, so it is left to its
+        flush. The entries of a person whose erasure is put off (still in the table until it is
+        carried out) are deleted, not written back. A chunk stops the rewrite once the graph is
+        no longer this worker's (a rebalance started: its table may be closed or stale)."""
         self._deferred_erasures()
         table, sink = self.wiring.identity, self.wiring.identity_sink
+        generation = self.app.rebalancing_count
         prefixes = (ID_PREFIX, GROUP_PREFIX, SUPPRESSED_PREFIX)
         keys = [raw for raw in list(table.keys()) if raw.decode().startswith(prefixes)]
         self.backlog = len(keys)
         for start in range(0, len(keys), self.chunk):
             async with sink.lock:
+                self._check_identity_owned(generation)
                 erasing = erasing_keys(table)
+                ids: dict[str, str | None] = {}
+                groups: dict[str, bytes | None] = {}
+                suppressed: list[str] = []
                 for raw in keys[start:start + self.chunk]:
-                    value = table.get(raw)
-                    if value is None:  # gone since the keys were listed: its delete went through the sink
-                        continue
                     kind, _, name = raw.decode().partition("|")
-                    sink.restage(kind, name, None if raw in erasing else value)
-            await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
+                    value = table.get(raw)
+                    if kind == "s":
+                        if value is not None:
+                            suppressed.append(name)
+                    elif value is not None and not sink.is_staged(kind, name):
+                        erased = raw in erasing
+                        if kind == "i":
+                            ids[name] = None if erased else value  # type: ignore[assignment]
+                        else:
+                            groups[name] = None if erased else orjson.dumps(value)
+                pipe = sink.connection().pipeline(transaction=False)
+                sink.queue(pipe, ids, groups, suppressed)
+                await pipe.execute()
             self.backlog = max(0, len(keys) - start - self.chunk)
-        return len(keys) + await self._identity_orphans()
+        return len(keys) + await self._identity_orphans(generation)
 
-    async def _identity_orphans(self) -> int:
+    def _check_identity_owned(self, generation: int) -> None:
+        if self.app.rebalancing_count != generation or not self.settled() or "identity" not in self.parts():
+            raise ResyncAborted("the identity graph moved during its rewrite")
+
+    async def _identity_orphans(self, generation: int) -> int:
         """Delete the identifiers and groups Redis holds and the table does not: deletes a killed
         worker kept after a failed flush (the group a merge absorbed, an erased person's entries).
-        One ``SCAN`` of Redis's keyspace for each of the two key kinds."""
+        One ``SCAN`` of Redis's keyspace; each chunk decides and deletes under the sink's lock,
+        as in :meth:`_identity`."""
         table, sink = self.wiring.identity, self.wiring.identity_sink
-        client = self.wiring.sink.connection()
-        found: list[tuple[str, str]] = []
-        for kind, head in (("i", self.layout.identity("")), ("g", self.layout.identity_group(""))):
-            async for key in client.scan_iter(match=glob_escape(head) + "*", count=1000):
-                found.append((kind, (key.decode() if isinstance(key, bytes) else key)[len(head):]))
+        heads = {"i": self.layout.identity(""), "g": self.layout.identity_group("")}
+        common = self.layout.identity("")[:-1]  # "{prefix}identity", which both start with
+        found: set[tuple[str, str]] = set()  # SCAN may return a key twice
+        async for key in sink.connection().scan_iter(match=glob_escape(common) + "*", count=1000):
+            text = key.decode() if isinstance(key, bytes) else key
+            for kind, head in heads.items():
+                if text.startswith(head):
+                    found.add((kind, text[len(head):]))
+        listed = sorted(found)
         deleted = 0
-        for start in range(0, len(found), self.chunk):
-            async with sink.lock:  # a key the stage has just flushed is in its table by now
-                for kind, name in found[start:start + self.chunk]:
-                    if table.get(f"{kind}|{name}".encode()) is None:
-                        sink.restage(kind, name, None)
-                        deleted += 1
-            await self._flush(sink.flush, lambda: sink.failed_flushes, "the identity graph")
+        for start in range(0, len(listed), self.chunk):
+            async with sink.lock:
+                self._check_identity_owned(generation)
+                gone = [(kind, name) for kind, name in listed[start:start + self.chunk]
+                        if table.get(f"{kind}|{name}".encode()) is None and not sink.is_staged(kind, name)]
+                if gone:
+                    pipe = sink.connection().pipeline(transaction=False)
+                    sink.queue(pipe, {n: None for k, n in gone if k == "i"}, {n: None for k, n in gone if k == "g"}, [])
+                    await pipe.execute()
+                    deleted += len(gone)
         if deleted:
             log.info("Deleted %d identity entries from Redis that the table no longer holds", deleted)
         return deleted

@@ -383,60 +383,66 @@ class RedisIdentitySink:
 
     @property
     def lock(self) -> asyncio.Lock:
-        """Held while a flush is under way. The identity stage stages a change, flushes it and only
-        then writes its table; a reader of the table that restages what it finds (the serving-view
-        rewrite) takes this lock first, so it never reads a table a flush is still ahead of."""
+        """Held by every flush. The identity stage holds it from staging a change through its
+        flush to its table write (:meth:`flush_locked`), so no other flush sends the change before
+        the table holds it; the serving-view rewrite reads the table under it too
+        (streams.resync), so it never sees a change in Redis and not in the table, or the reverse."""
         return self._lock
 
-    def restage(self, kind: str, name: str, value: object) -> None:
-        """Stage a table entry (``kind`` as its key prefix: ``i``, ``g`` or ``s``) unless a change
-        to it is already staged: a staged change is newer than the table."""
-        if kind == "i":
-            self._ids.setdefault(name, value)  # type: ignore[arg-type]
-        elif kind == "g":
-            self._groups.setdefault(name, None if value is None else orjson.dumps(value))
-        elif kind == "s":
-            self._suppressed.add(name)
-        else:
-            raise ValueError(f"unknown identity table key kind {kind!r}")
+    def is_staged(self, kind: str, name: str) -> bool:
+        """Whether a change of ``name`` (``kind`` as its table key prefix: ``i`` or ``g``) waits
+        for a flush: left by a failed one, and newer than anything read from the table."""
+        return name in (self._ids if kind == "i" else self._groups)
 
     async def flush(self) -> None:
         async with self._lock:
-            if not (self._ids or self._groups or self._suppressed or self._counts):
-                return
-            ids, self._ids = self._ids, {}
-            groups, self._groups = self._groups, {}
-            suppressed, self._suppressed = self._suppressed, set()
-            counts, self._counts = self._counts, {}
-            try:
-                if self._client is None:
-                    self._client = connect(self.url, self.socket_timeout)
-                pipe = self._client.pipeline(transaction=False)
-                for ident, canonical in ids.items():
-                    if canonical is None:
-                        pipe.delete(self.layout.identity(ident))
-                    else:
-                        pipe.set(self.layout.identity(ident), canonical)
-                for canonical, document in groups.items():
-                    if document is None:
-                        pipe.delete(self.layout.identity_group(canonical))
-                    else:
-                        pipe.set(self.layout.identity_group(canonical), document)
-                if suppressed:
-                    pipe.sadd(self.layout.suppressed(), *sorted(suppressed))
-                for name, by in counts.items():
-                    pipe.hincrby(self.layout.stats(), name, by)
-                await pipe.execute()
-            except (RedisError, OSError) as exc:
-                for ident, canonical in ids.items():
-                    self._ids.setdefault(ident, canonical)
-                for canonical, document in groups.items():
-                    self._groups.setdefault(canonical, document)
-                self._suppressed |= suppressed
-                for name, by in counts.items():
-                    self.count(name, by)
-                self.failed_flushes += 1
-                log.warning("Redis flush of identities failed (%s: %s); keeping them", type(exc).__name__, exc)
+            await self.flush_locked()
+
+    async def flush_locked(self) -> None:
+        """:meth:`flush`, for a caller that holds :attr:`lock`."""
+        if not (self._ids or self._groups or self._suppressed or self._counts):
+            return
+        ids, self._ids = self._ids, {}
+        groups, self._groups = self._groups, {}
+        suppressed, self._suppressed = self._suppressed, set()
+        counts, self._counts = self._counts, {}
+        try:
+            pipe = self.connection().pipeline(transaction=False)
+            self.queue(pipe, ids, groups, suppressed)
+            for name, by in counts.items():
+                pipe.hincrby(self.layout.stats(), name, by)
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            for ident, canonical in ids.items():
+                self._ids.setdefault(ident, canonical)
+            for canonical, document in groups.items():
+                self._groups.setdefault(canonical, document)
+            self._suppressed |= suppressed
+            for name, by in counts.items():
+                self.count(name, by)
+            self.failed_flushes += 1
+            log.warning("Redis flush of identities failed (%s: %s); keeping them", type(exc).__name__, exc)
+
+    def connection(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = connect(self.url, self.socket_timeout)
+        return self._client
+
+    def queue(self, pipe, ids: dict[str, str | None], groups: dict[str, bytes | None],
+              suppressed: set[str] | list[str]) -> None:
+        """Add the writes of identity entries (None: delete) to a Redis pipeline."""
+        for ident, canonical in ids.items():
+            if canonical is None:
+                pipe.delete(self.layout.identity(ident))
+            else:
+                pipe.set(self.layout.identity(ident), canonical)
+        for canonical, document in groups.items():
+            if document is None:
+                pipe.delete(self.layout.identity_group(canonical))
+            else:
+                pipe.set(self.layout.identity_group(canonical), document)
+        if suppressed:
+            pipe.sadd(self.layout.suppressed(), *sorted(suppressed))
 
     async def close(self) -> None:
         await self.flush()

@@ -381,33 +381,104 @@ def test_a_failed_identity_flush_at_a_clean_stop_marks_nothing(redis_server, lay
     assert view.wiring.identity_sink.pending == 1  # kept for a later flush
 
 
-def test_the_identity_rewrite_never_restages_what_a_change_under_way_replaces(redis_server, layout, client):
-    """The identity stage stages a change, flushes it, and only then writes its table. A rewrite
-    chunk read while that flush is under way would find the old value in the table and write it
-    over the change; a change staged and not yet flushed must not be replaced by the table's value."""
+def test_the_identity_rewrite_never_writes_over_a_change_under_way(redis_server, layout, client):
+    """The identity stage stages a change, flushes it and writes its table, all under the sink's
+    lock (streams.resolver). A rewrite chunk read while that flush is under way would find the old
+    value in the table and write it over the change; a change staged and not yet flushed (a failed
+    flush left it) must not be replaced by the table's value."""
     table = graph_of(("ann", ["cid:ann", "anon:a1"]), ("bob", ["cid:bob"]))
     synced(client, layout, "identity")
     view = serving_view(redis_server, layout, {}, set(), identity=table)
     sink = view.wiring.identity_sink
 
     async def change(ident: str, group: str) -> None:  # what streams.resolver does for a link
-        sink.stage_id(ident, group)
-        await sink.flush()
-        view.wiring.identity[f"i|{ident}".encode()] = group
+        async with sink.lock:
+            sink.stage_id(ident, group)
+            await sink.flush_locked()
+            view.wiring.identity[f"i|{ident}".encode()] = group
 
     async def scenario() -> None:
-        sink.stage_id("cid:bob", "ann")  # staged, its flush not begun when the rewrite starts
+        sink.stage_id("cid:bob", "ann")  # left staged by a failed flush; the table has it too by now
+        view.wiring.identity[b"i|cid:bob"] = "ann"
+        client.set(layout.identity("cid:bob"), "bob")
         await view._identity()
-        view.wiring.identity[b"i|cid:bob"] = "ann"  # the stage writes its table after that flush
+        assert client.get(layout.identity("cid:bob")) == b"bob"  # left to its own flush
+        await sink.flush()
         table_moving = asyncio.create_task(change("anon:a1", "bob"))
         await asyncio.sleep(0)  # the change's flush is now under way (its pipeline awaits Redis)
         await view._identity()
         await table_moving
-        await sink.flush()
 
     run(view, scenario())
     assert client.get(layout.identity("anon:a1")) == b"bob"
     assert client.get(layout.identity("cid:bob")) == b"ann"
+
+
+def test_the_orphan_pass_never_deletes_a_change_another_flush_sent_early(redis_server, layout, client):
+    """A killed owner flushed anon:new -> ann, but its table write never reached the changelog; the
+    message is read again and the stage links anon:new again while the new owner's orphan pass runs
+    and the flush timer is queued. Were the stage to stage outside the sink's lock, the timer's flush
+    would send the change, the pass would find it in Redis and not in the table, and delete it."""
+    table = graph_of(("ann", ["cid:ann"]))
+    client.set(layout.identity("anon:new"), "ann")
+    synced(client, layout, "identity")
+    view = serving_view(redis_server, layout, {}, set(), identity=table)
+    sink = view.wiring.identity_sink
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def a_flush_under_way() -> None:
+            async with sink.lock:
+                await release.wait()
+
+        async def stage() -> None:  # streams.resolver._resolve
+            async with sink.lock:
+                sink.stage_id("anon:new", "ann")
+                await sink.flush_locked()
+                view.wiring.identity[b"i|anon:new"] = "ann"
+
+        holder = asyncio.create_task(a_flush_under_way())
+        await asyncio.sleep(0)
+        timer = asyncio.create_task(sink.flush())
+        orphans = asyncio.create_task(view._identity_orphans(view.app.rebalancing_count))
+        while len(sink.lock._waiters or ()) < 2:  # the pass has scanned and waits for the lock
+            await asyncio.sleep(0.001)
+        stager = asyncio.create_task(stage())
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(holder, timer, orphans, stager)
+
+    run(view, scenario())
+    assert client.get(layout.identity("anon:new")) == b"ann"
+
+
+def test_the_identity_rewrite_stops_when_the_graph_moves_and_leaves_nothing_staged(redis_server, layout, client):
+    """A rebalance takes the graph away during the orphan pass (a rocksdb store closes the
+    partition's database: every read then finds nothing). The pass must stop, not delete the graph."""
+    table = graph_of(("ann", ["cid:ann", "anon:a1"]), ("bob", ["cid:bob"]))
+    view = serving_view(redis_server, layout, {}, set(), identity=table)
+    for raw, value in table.items():
+        kind, _, name = raw.decode().partition("|")
+        client.set(layout.identity(name) if kind == "i" else layout.identity_group(name),
+                   value if kind == "i" else orjson.dumps(value))
+    client.set(layout.identity("anon:gone"), "x")
+    view.chunk = 1
+    moving = view.wiring.identity
+    real_get = moving.get
+
+    def get(key, default=None):  # the first read of the pass, then a rebalance takes the graph away
+        value = real_get(key, default)
+        if view.app.rebalancing_count == 1:
+            view.app.rebalancing_count += 1
+            moving.clear()
+        return value
+
+    moving.get = get
+    with pytest.raises(resync.ResyncAborted):
+        run(view, view._identity_orphans(view.app.rebalancing_count))
+    expected = {**expected_identity(table), "anon:gone": "x"}
+    assert identity_in_redis(client, layout) == expected and view.wiring.identity_sink.pending == 0
 
 
 def test_an_erasure_leaves_redis_before_the_table(redis_server, layout, client):
@@ -510,7 +581,7 @@ def resolver_on(redis_server, layout: RedisLayout, table: dict):
     store.data = table
     wiring = SimpleNamespace(identity=store, identity_sink=RedisIdentitySink(redis_server.url, layout),
                              settings=settings, by_customer_topic=Topic(), identity_topic=Topic(),
-                             audit_topic=Topic())
+                             audit_topic=Topic(), deferred_erasures={})
     return Resolver(wiring)  # type: ignore[arg-type]
 
 
@@ -526,6 +597,8 @@ def test_the_identity_graph_reaches_redis_before_the_table(redis_server, layout,
         def __setitem__(self, key: bytes, value: object) -> None:
             if key.startswith(b"i|"):
                 assert client.get(layout.identity(key[2:].decode())) == str(value).encode(), key
+                # and from staging to here under the sink's lock (streams.resync reads under it)
+                assert resolver.sink.lock.locked(), key
                 checked.append(key)
             assert all(d.awaited for d in resolver.wiring.by_customer_topic.sent), "a merge not yet delivered"
             super().__setitem__(key, value)
@@ -554,7 +627,12 @@ def test_an_erasure_leaves_the_identity_graph_in_redis_before_the_table(redis_se
     copy of the person's identifiers must be gone before the table forgets them."""
     from models.identity import SUPPRESSED_PREFIX, link, parse_identifier, store_changes, store_graph
 
-    resolver = resolver_on(redis_server, layout, {})
+    class Table(dict):
+        def __delitem__(self, key: bytes) -> None:
+            assert not key.startswith((b"i|", b"g|")) or resolver.sink.lock.locked(), key
+            super().__delitem__(key)
+
+    resolver = resolver_on(redis_server, layout, Table())
     sink, wiring = resolver.sink, resolver.wiring
     person = [parse_identifier("c-9"), "email:9f0e", "device:d-1"]
 
@@ -601,3 +679,42 @@ def test_an_erasure_read_again_after_it_was_carried_out_writes_no_second_audit(r
     asyncio.run(scenario())
     audits = [orjson.loads(d.value) for d in wiring.audit_topic.sent]
     assert [(a["request_id"], a["found"], a["identifiers"]) for a in audits] == [("r-1", True, 2)]
+
+
+def test_an_erasure_put_off_drops_the_persons_events_until_it_is_carried_out(redis_server, layout, client):
+    """While Redis cannot take an erasure's deletes, the person stays in the table. An event naming
+    one of their identifiers together with another customer's must not link the two: the erasure,
+    carried out later, erases the whole group it finds, and would take the other customer with it."""
+    from models.identity import link, parse_identifier, store_changes, store_graph
+    from streams.local import free_port
+    from streams.sinks import RedisIdentitySink
+
+    resolver = resolver_on(redis_server, layout, {})
+    wiring = resolver.wiring
+    person = [parse_identifier("p-1"), "anon:a1"]
+
+    def event(event_id: str, customer_id: str, anonymous_id: str | None) -> dict:
+        return {"event_id": event_id, "ts": 1_700_000_000_000, "source": "clickstream", "channel": "web",
+                "type": "page_view", "customer_id": customer_id, "anonymous_id": anonymous_id, "properties": {}}
+
+    async def scenario() -> None:
+        graph, ids, groups = store_graph(resolver._get)
+        link(graph, person, 1_700_000_000_000)
+        resolver._write(store_changes(ids, groups), stage=False)
+        unreachable = RedisIdentitySink(f"redis://127.0.0.1:{free_port()}/0", layout, socket_timeout=0.5)
+        resolver.sink = wiring.identity_sink = unreachable
+        try:
+            await resolver.erase({"identifier": "anon:a1", "request_id": "r-1"})
+            assert set(wiring.deferred_erasures) == {"r-1"}
+            await resolver.handle(orjson.dumps({"records": [event("e1", "c-9", "a1"), event("e2", "c-8", None)]}))
+        finally:
+            await unreachable.close()
+
+    asyncio.run(scenario())
+    table = wiring.identity.data
+    assert table[b"i|cid:c-8"] == "c-8"  # another customer's event goes on
+    assert b"i|cid:c-9" not in table  # e1 named the person: dropped, not linked
+    assert table[b"g|p-1"]["members"] == sorted(person)
+    routed = [r["event_id"] for d in wiring.by_customer_topic.sent
+              for batch in orjson.loads(d.value).get("batch", {}).values() for r in batch]
+    assert routed == ["e2"]
