@@ -73,18 +73,24 @@ class Resolver:
         return hash_identifier(ident, self.hash_key)
 
     def suppressed(self, idents: list[str]) -> bool:
-        return (any(self._get(SUPPRESSED_PREFIX + self.digest(i)) is not None for i in idents)
-                or self._being_erased(idents))
+        """Whether an identifier was erased (its keyed hash is on the suppression list)."""
+        return any(self._get(SUPPRESSED_PREFIX + self.digest(i)) is not None for i in idents)
 
-    def _being_erased(self, idents: list[str]) -> bool:
-        """Whether an identifier belongs to a person whose erasure is put off: their events are
-        dropped as they will be after it, so that none links the person to someone else first
-        (the erasure, carried out later, would then erase that other person too)."""
+    def being_erased(self) -> frozenset[str]:
+        """The identifiers of the people whose erasure is put off: their events are dropped as
+        they will be after it, so that none links the person to someone else first (the erasure,
+        carried out later, would then erase that other person too). A request stored by an older
+        version has no ``members``: the graph still holds the person, so they are worked out."""
         deferred = self._get(ERASING_KEY)
         if not deferred:
-            return False
-        erasing = {m for request in deferred.values() for m in request.get("members", (request["identifier"],))}
-        return any(i in erasing for i in idents)
+            return frozenset()
+        out: set[str] = set()
+        for request in deferred.values():
+            members = request.get("members")
+            if members is None:
+                members = erase(store_graph(self._get)[0], request["identifier"])[1]
+            out.update(members)
+        return frozenset(out)
 
     async def handle(self, value: bytes) -> None:
         message = orjson.loads(value)
@@ -101,10 +107,11 @@ class Resolver:
         # behind (a failed flush keeps them staged, lost only if the worker dies before Redis is back).
         self._unwritten = {}
         deliveries: list[Awaitable[object]] = []
+        erasing = self.being_erased()  # once per message: only an erase message changes it
         try:
             for record in message["records"]:
                 idents = event_identifiers(record, self.blocked)
-                if self.suppressed(idents):
+                if self.suppressed(idents) or (erasing and not erasing.isdisjoint(idents)):
                     # An erased person: the event is dropped and counted, never stored.
                     self.sink.count("suppressed_events")
                     continue

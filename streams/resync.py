@@ -446,7 +446,8 @@ class ServingView:
         """Erasure requests the identity stage put off while Redis was unreachable (a worker killed
         before Redis came back did not send them again): they go on after the next flush."""
         deferred = self.wiring.identity.get(ERASING_KEY.encode()) or {}
-        self.wiring.deferred_erasures.update(deferred)
+        for request_id, request in deferred.items():  # without the person's identifiers: erase() finds them
+            self.wiring.deferred_erasures[request_id] = {k: v for k, v in request.items() if k != "members"}
         return len(deferred)
 
     async def _identity(self) -> int:
@@ -499,26 +500,30 @@ class ServingView:
     async def _identity_orphans(self, generation: int) -> int:
         """Delete the identifiers and groups Redis holds and the table does not: deletes a killed
         worker kept after a failed flush (the group a merge absorbed, an erased person's entries).
-        One ``SCAN`` of Redis's keyspace; each chunk decides and deletes under the sink's lock,
-        as in :meth:`_identity`."""
+        One ``SCAN`` of Redis's keyspace; each page is decided and deleted under the sink's lock,
+        as in :meth:`_identity` (a key a page repeats is deleted again, which changes nothing)."""
         table, sink = self.wiring.identity, self.wiring.identity_sink
         heads = {"i": self.layout.identity(""), "g": self.layout.identity_group("")}
-        common = self.layout.identity("")[:-1]  # "{prefix}identity", which both start with
-        found: set[tuple[str, str]] = set()  # SCAN may return a key twice
-        async for key in sink.connection().scan_iter(match=glob_escape(common) + "*", count=1000):
-            text = key.decode() if isinstance(key, bytes) else key
-            for kind, head in heads.items():
-                if text.startswith(head):
-                    found.add((kind, text[len(head):]))
-        listed = sorted(found)
-        deleted = 0
-        for start in range(0, len(listed), self.chunk):
+        match = glob_escape(self.layout.identity("")[:-1]) + "*"  # "{prefix}identity", which both start with
+        client = sink.connection()
+        cursor, deleted = None, 0
+        while cursor != 0:
+            cursor, keys = await client.scan(cursor or 0, match=match, count=self.chunk)
+            found = []
+            for key in keys:
+                try:
+                    text = key.decode() if isinstance(key, bytes) else key
+                except UnicodeDecodeError:  # not a key this layout writes
+                    continue
+                found += [(kind, text[len(head):]) for kind, head in heads.items() if text.startswith(head)]
+            if not found:
+                continue
             async with sink.lock:
                 self._check_identity_owned(generation)
-                gone = [(kind, name) for kind, name in listed[start:start + self.chunk]
+                gone = [(kind, name) for kind, name in found
                         if table.get(f"{kind}|{name}".encode()) is None and not sink.is_staged(kind, name)]
                 if gone:
-                    pipe = sink.connection().pipeline(transaction=False)
+                    pipe = client.pipeline(transaction=False)
                     sink.queue(pipe, {n: None for k, n in gone if k == "i"}, {n: None for k, n in gone if k == "g"}, [])
                     await pipe.execute()
                     deleted += len(gone)
