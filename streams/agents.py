@@ -861,6 +861,10 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
             await serving.mark_clean(revoked, timeout=2.0)
         except Exception:  # noqa: BLE001 - an optimisation must not take the worker down
             log.exception("Leaving clean-handover marks failed; the next owners will scan")
+        try:
+            await asyncio.wait_for(serving.release_identity(revoked), timeout=2.0)
+        except Exception:  # noqa: BLE001 - nothing in a rebalance may take the worker down
+            log.exception("Dropping the identity writes left staged failed (a flush held the sink past 2 s?)")
 
     @app.on_partitions_assigned.connect
     async def forget_caught_up_parts(sender: faust.App, assigned: object, **kwargs: object) -> None:

@@ -340,6 +340,22 @@ class ServingView:
                  ", ".join(marked) or "none")
         return marked
 
+    async def release_identity(self, revoked: Iterable[TP]) -> int:
+        """A rebalance takes the identity graph away (faust revokes every partition at each
+        rebalance, so it may come back): drop the identity writes a failed flush left staged, and
+        catch the graph up again if it comes back. Sent later by this worker's flush timer, they
+        could overwrite what the graph's next owner wrote meanwhile. Whoever owns it next writes it
+        from the table: a staged write means the table moved past any clean mark (the identity
+        stage writes its table whether the flush went through or not), and mark_clean left none."""
+        if not any(tp.topic == self.wiring.names.identity_events for tp in revoked):
+            return 0
+        dropped = await self.wiring.identity_sink.discard_staged()
+        if dropped:
+            self.caught_up.discard("identity")
+            log.warning("Dropped %d identity writes Redis had not taken: the identity graph's next owner "
+                        "writes it again from the table", dropped)
+        return dropped
+
     async def rewrite(self, part: str) -> int:
         kind, _, partition = part.partition(":")
         if kind == "profiles":

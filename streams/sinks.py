@@ -398,6 +398,13 @@ class RedisIdentitySink:
         async with self._lock:
             await self.flush_locked()
 
+    async def discard_staged(self) -> int:
+        """Drop the identity writes waiting for a flush (not the counters); returns how many."""
+        async with self._lock:
+            dropped = self.pending
+            self._ids, self._groups, self._suppressed = {}, {}, set()
+            return dropped
+
     async def flush_locked(self) -> None:
         """:meth:`flush`, for a caller that holds :attr:`lock`."""
         if not (self._ids or self._groups or self._suppressed or self._counts):

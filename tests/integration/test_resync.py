@@ -770,3 +770,29 @@ def test_a_second_erasure_of_an_unknown_identifier_is_put_off_too(redis_server, 
     asyncio.run(scenario())
     assert set(wiring.deferred_erasures) == {"r-1", "r-2"}
     assert set(wiring.identity.data[b"e|deferred"]) == {"r-1", "r-2"}
+
+
+def test_identity_writes_left_staged_are_dropped_when_a_rebalance_takes_the_graph(redis_server, layout, client):
+    """A failed flush left identity writes staged; a rebalance takes the graph away. Sent later by
+    this worker's flush timer they could overwrite what the next owner writes, so they are dropped,
+    and the graph is caught up again (from the table) if it comes back here."""
+    table = graph_of(("ann", ["cid:ann"]))
+    synced(client, layout, "identity")
+    view = serving_view(redis_server, layout, {}, {0}, identity=table)
+    view.caught_up = {"profiles:0", "identity"}
+    sink = view.wiring.identity_sink
+    sink.stage_id("cid:ann", "ann")
+    sink.count("identity_merges")
+    names = view.wiring.names
+
+    async def scenario() -> None:
+        assert await view.release_identity([TP(names.by_customer, 0)]) == 0  # the graph stays
+        assert sink.pending == 1
+        assert await view.release_identity([TP(names.by_customer, 0), TP(names.identity_events, 0)]) == 1
+        assert sink.pending == 0 and view.caught_up == {"profiles:0"}
+        await view.check()  # it came back: written again from the table
+
+    run(view, scenario())
+    assert client.get(layout.identity("cid:ann")) == b"ann"
+    assert view.catch_ups["identity_rewritten"] == 1
+    assert client.hget(layout.stats(), "identity_merges") == b"1"  # counters are kept
