@@ -371,3 +371,24 @@ def erase(graph: Graph, ident: str) -> tuple[str | None, list[str]]:
     if group in graph["groups"]:
         del graph["groups"][group]
     return group, sorted(members)
+
+
+def put_off_erasures(get: Any) -> tuple[frozenset[str], set[str]]:
+    """The identifiers of the people whose erasure is put off (the requests under
+    :data:`ERASING_KEY`, read through ``get`` as :func:`store_graph`), and the store keys
+    (``i|…``, ``g|…``) that carrying them out deletes. The graph holds those people until then
+    and their events are dropped meanwhile, so what it holds is what the erasure will find.
+
+    >>> store = {"i|cid:c-1": "c-1", "i|anon:a1": "c-1",
+    ...          "g|c-1": {"members": ["anon:a1", "cid:c-1"], "customer_id": "c-1", "first_ts": 5},
+    ...          ERASING_KEY: {"r-1": {"identifier": "anon:a1"}, "r-2": {"identifier": "anon:zz"}}}
+    >>> identifiers, keys = put_off_erasures(store.get)
+    >>> sorted(identifiers), sorted(keys)
+    (['anon:a1', 'anon:zz', 'cid:c-1'], ['g|c-1', 'i|anon:a1', 'i|cid:c-1'])
+    """
+    deferred = get(ERASING_KEY) or {}
+    graph, ids, groups = store_graph(get)
+    identifiers: set[str] = set()
+    for request in deferred.values():
+        identifiers.update(erase(graph, request["identifier"])[1])
+    return frozenset(identifiers), set(store_changes(ids, groups))

@@ -35,6 +35,7 @@ from models.identity import (
     known_canonical,
     link,
     parse_identifier,
+    put_off_erasures,
     store_changes,
     store_graph,
 )
@@ -79,18 +80,10 @@ class Resolver:
     def being_erased(self) -> frozenset[str]:
         """The identifiers of the people whose erasure is put off: their events are dropped as
         they will be after it, so that none links the person to someone else first (the erasure,
-        carried out later, would then erase that other person too). A request stored by an older
-        version has no ``members``: the graph still holds the person, so they are worked out."""
-        deferred = self._get(ERASING_KEY)
-        if not deferred:
+        carried out later, would then erase that other person too)."""
+        if not self._get(ERASING_KEY):
             return frozenset()
-        out: set[str] = set()
-        for request in deferred.values():
-            members = request.get("members")
-            if members is None:
-                members = erase(store_graph(self._get)[0], request["identifier"])[1]
-            out.update(members)
-        return frozenset(out)
+        return put_off_erasures(self._get)[0]
 
     async def handle(self, value: bytes) -> None:
         message = orjson.loads(value)
@@ -231,7 +224,7 @@ class Resolver:
             if self.sink.failed_flushes != failed:
                 # Redis is unreachable: the table keeps the graph, and the request, until it is back
                 # (streams.agents.resend_erasures sends it again; a worker that restarts finds it here).
-                deferred[request["request_id"]] = {**request, "members": members}
+                deferred[request["request_id"]] = request
                 self.table[ERASING_KEY.encode()] = deferred
                 self.wiring.deferred_erasures[request["request_id"]] = request
                 log.warning("Erasure %s put off: Redis is unreachable (it goes on once Redis has the deletes)",

@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 
 from models import stitching
 from models.identity import (
-    ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX, erase, store_changes, store_graph,
+    ERASING_KEY, GROUP_PREFIX, ID_PREFIX, SUPPRESSED_PREFIX, put_off_erasures,
 )
 from models.journeys import week_windows_of
 from models.view import decode_profile_json, redis_fields, render_profile
@@ -462,8 +462,7 @@ class ServingView:
         """Erasure requests the identity stage put off while Redis was unreachable (a worker killed
         before Redis came back did not send them again): they go on after the next flush."""
         deferred = self.wiring.identity.get(ERASING_KEY.encode()) or {}
-        for request_id, request in deferred.items():  # without the person's identifiers: erase() finds them
-            self.wiring.deferred_erasures[request_id] = {k: v for k, v in request.items() if k != "members"}
+        self.wiring.deferred_erasures.update(deferred)
         return len(deferred)
 
     async def _identity(self) -> int:
@@ -550,13 +549,7 @@ class ServingView:
 
 def erasing_keys(table) -> set[bytes]:
     """The identity table keys (``i|…``, ``g|…``) of the people whose erasure is put off."""
-    deferred = table.get(ERASING_KEY.encode()) or {}
-    out: set[bytes] = set()
-    for request in deferred.values():
-        graph, ids, groups = store_graph(lambda k: table.get(k.encode()))
-        erase(graph, request["identifier"])
-        out |= {key.encode() for key in store_changes(ids, groups)}
-    return out
+    return {key.encode() for key in put_off_erasures(lambda k: table.get(k.encode()))[1]}
 
 
 def glob_escape(text: str) -> str:
