@@ -7,14 +7,20 @@ events (seed 25, retagged each time so nothing is deduplicated) mixed with
 - ``clean``: no bad input;
 - ``poisoned``: the scenario's own bad input (``tests.integration.test_faults.poison_messages``, 10%
   of the valid messages' count, every kind, inserted at random places);
-- ``small``: the same without the 1.2 MB oversized messages;
-- ``oversized``: only the oversized messages.
+- ``small``: the same bad input without its 1.2 MB oversized messages;
+- ``oversized``: only those oversized messages.
+
+Each round makes the bad input once and splits it, so ``small`` and ``oversized`` add up to
+``poisoned``. The helpers are the fault scenario's own (``tests/integration``, imported from the
+source tree, so this runs from a checkout with the dev dependencies), and the worker's settings are
+the scenario's (``OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS=1``).
 
 Each backlog is published while the worker is stopped and timed from the restarted worker's
 readiness to the update that completed it, as in the scenario. The order of the mixes turns each
 round, so none is always first after the warm-up. Prints, per backlog, valid events per second of
 wall clock and per worker CPU second, each as a ratio to the clean backlog of the same round, and how
-many batches the validation stage handed to identity resolution per 1,000 valid events.
+many messages the validation stage handed to identity resolution per 1,000 valid events (one per
+validation batch, more when a batch is over ``OMNIPROFILE_INTERNAL_MESSAGE_BYTES``).
 
     .venv/bin/python scripts/poison_cost.py [CUSTOMERS [ROUNDS [NAME=VALUE ...]]]
 
@@ -42,6 +48,7 @@ from tests.integration.conftest import Stack, make_stack  # noqa: E402
 from tests.integration.test_faults import dataset, drain, keyed, poison_messages, retag  # noqa: E402
 
 MIXES = ("clean", "poisoned", "small", "oversized")
+Message = tuple[str, bytes | None, bytes]  # source, key, value
 OVERSIZED = 1_000_000  # the scenario's oversized messages are 1.2 MB, every other bad input is < 2 KB
 
 
@@ -57,20 +64,18 @@ def end_offsets(stack: Stack, topics: list[str]) -> dict[str, int]:
         consumer.close()
 
 
-def backlog(valid: list[tuple[str, dict]], mix: str) -> list[tuple[str, bytes | None, bytes]]:
+def backlog(valid: list[tuple[str, dict]], bad: list[Message], mix: str) -> list[Message]:
+    """The valid events' messages with the part of ``bad`` that ``mix`` takes, at random places."""
     messages = [keyed(source, event) for source, event in valid]
-    bad = [] if mix == "clean" else poison_messages(valid, 0.10, seed=25)
-    if mix == "small":
-        bad = [m for m in bad if len(m[2]) < OVERSIZED]
-    elif mix == "oversized":
-        bad = [m for m in bad if len(m[2]) >= OVERSIZED]
+    bad = {"clean": [], "poisoned": bad, "small": [m for m in bad if len(m[2]) < OVERSIZED],
+           "oversized": [m for m in bad if len(m[2]) >= OVERSIZED]}[mix]
     rng = random.Random(25)
     for message in bad:
         messages.insert(rng.randrange(len(messages) + 1), message)
     return messages
 
 
-def drain_backlog(stack: Stack, messages, valid: int, total: int, label: str) -> dict[str, float]:
+def drain_backlog(stack: Stack, messages: list[Message], valid: int, total: int, label: str) -> dict[str, float]:
     """Publish ``messages`` with the worker stopped, restart it, wait for ``total`` applied events."""
     assert stack.worker.stop() == 0, stack.worker.tail()
     prod = producer(stack.settings, max_request_size=8 * 1024 * 1024)
@@ -93,11 +98,33 @@ def drain_backlog(stack: Stack, messages, valid: int, total: int, label: str) ->
     }
 
 
+def parse(argv: list[str]) -> tuple[int, int, dict[str, str]] | None:
+    """Customers, rounds and worker settings from the command line, or None (print the usage)."""
+    numbers, pairs = argv[:2], argv[2:]
+    if not all(n.isdigit() and int(n) > 0 for n in numbers):
+        return None
+    settings = {"OMNIPROFILE_REDIS_RESYNC_CHECK_SECONDS": "1"}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            return None
+        settings["OMNIPROFILE_" + name.upper().removeprefix("OMNIPROFILE_")] = value
+    return (int(numbers[0]) if numbers else 1200), (int(numbers[1]) if len(numbers) > 1 else 3), settings
+
+
 def main(argv: list[str]) -> int:
-    customers = int(argv[0]) if argv else 1200
-    rounds = int(argv[1]) if len(argv) > 1 else 3
-    settings = {f"OMNIPROFILE_{name}": value for name, _, value in (a.partition("=") for a in argv[2:])}
+    parsed = parse(argv)
+    if parsed is None:
+        print(__doc__)
+        return 2
+    customers, rounds, settings = parsed
+    run(customers, rounds, settings)
+    return 0
+
+
+def run(customers: int, rounds: int, settings: dict[str, str]) -> None:
     tansu, redis_server = Tansu().start(), RedisServer().start()
+    stack = None
     try:
         stack = make_stack(tansu, redis_server, Path(tempfile.mkdtemp(prefix="poison-cost-")), **settings)
         base = dataset(customers, seed=25)
@@ -112,10 +139,13 @@ def main(argv: list[str]) -> int:
         for n in range(rounds):
             order = MIXES[n % len(MIXES):] + MIXES[:n % len(MIXES)]
             results = {}
+            # The bad input once a round, split between the mixes (all of it is refused, so whose
+            # identifiers it carries does not matter).
+            bad = poison_messages(retag(base, f"r{n}bad-"), 0.10, seed=25)
             for mix in order:
                 valid = retag(base, f"r{n}{mix}-")
                 total += len(valid)
-                results[mix] = drain_backlog(stack, backlog(valid, mix), len(valid), total, f"{n}-{mix}")
+                results[mix] = drain_backlog(stack, backlog(valid, bad, mix), len(valid), total, f"{n}-{mix}")
             clean = results["clean"]
             for mix in MIXES:
                 r = results[mix]
@@ -127,11 +157,11 @@ def main(argv: list[str]) -> int:
         print("\nmedian ratio to the clean backlog of the same round (wall clock, per worker CPU second):")
         for mix, pairs in ratios.items():
             print(f"  {mix:<9} {statistics.median(p[0] for p in pairs):.2f}x  {statistics.median(p[1] for p in pairs):.2f}x")
-        stack.worker.stop()
     finally:
+        if stack is not None:
+            stack.worker.stop()
         redis_server.stop()
         tansu.stop()
-    return 0
 
 
 if __name__ == "__main__":
