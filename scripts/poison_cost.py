@@ -1,4 +1,4 @@
-"""What bad input costs the worker, by kind (docs/reliability.md, "Poison ratio").
+"""What bad input costs the worker, by kind (docs/reliability.md, "Poison", "What the cost is made of").
 
 The fault suite's poison scenario times a clean backlog against a poisoned one and reports one
 ratio. This script splits that figure: one worker drains, in rounds, backlogs of the same valid
@@ -156,7 +156,8 @@ def run(customers: int, rounds: int, settings: dict[str, str]) -> None:
                       f"{cpu_x:>5.2f}x {r['batches']:>10.1f}", flush=True)
         print("\nmedian ratio to the clean backlog of the same round (wall clock, per worker CPU second):")
         for mix, pairs in ratios.items():
-            print(f"  {mix:<9} {statistics.median(p[0] for p in pairs):.2f}x  {statistics.median(p[1] for p in pairs):.2f}x")
+            wall, per_cpu = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+            print(f"  {mix:<9} {wall:.2f}x  {per_cpu:.2f}x")
     finally:
         if stack is not None:
             stack.worker.stop()
