@@ -34,32 +34,29 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.admin import client_options, producer
+from streams.admin import client_options
 from streams.local import RedisServer, Tansu
-from streams.throughput import proc_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scenario's own helpers, from tests/
 from tests.integration.conftest import Stack, make_stack  # noqa: E402
-from tests.integration.test_faults import dataset, drain, keyed, poison_messages, retag  # noqa: E402
+from tests.integration.test_faults import (  # noqa: E402
+    Message, dataset, drain_backlog, keyed, poison_messages, retag,
+)
 
 MIXES = ("clean", "poisoned", "small", "oversized")
-Message = tuple[str, bytes | None, bytes]  # source, key, value
 OVERSIZED = 1_000_000  # the scenario's oversized messages are 1.2 MB, every other bad input is < 2 KB
 
 
-def end_offsets(stack: Stack, topics: list[str]) -> dict[str, int]:
+def end_offset(stack: Stack, topic: str) -> int:
+    """The sum of ``topic``'s partitions' end offsets."""
     consumer = KafkaConsumer(**client_options(stack.settings))
     try:
-        out = {}
-        for topic in topics:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            out[topic] = sum(consumer.end_offsets(parts).values()) if parts else 0
-        return out
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(parts).values()) if parts else 0
     finally:
         consumer.close()
 
@@ -75,25 +72,16 @@ def backlog(valid: list[tuple[str, dict]], bad: list[Message], mix: str) -> list
     return messages
 
 
-def drain_backlog(stack: Stack, messages: list[Message], valid: int, total: int, label: str) -> dict[str, float]:
-    """Publish ``messages`` with the worker stopped, restart it, wait for ``total`` applied events."""
-    assert stack.worker.stop() == 0, stack.worker.tail()
-    prod = producer(stack.settings, max_request_size=8 * 1024 * 1024)
-    for source, key, value in messages:
-        prod.send(stack.names.source(source), key=key, value=value)
-    prod.flush()
-    prod.close()
-    topics = [stack.names.identity_events]
-    before = end_offsets(stack, topics)
-    worker = stack.start_worker(f"worker-{label}.log")
-    ready, cpu_ready = time.time(), proc_cpu(worker.proc.pid)
-    at_end: list[float] = []
-    done = drain(stack, total, reached_hook=lambda: at_end.append(proc_cpu(worker.proc.pid)))
-    after = end_offsets(stack, topics)
+def measure(stack: Stack, messages: list[Message], valid: int, total: int, label: str) -> dict[str, float]:
+    """One backlog drained as in the scenario (:func:`drain_backlog`), with the messages the
+    validation stage sent to identity resolution meanwhile (nothing else writes that topic, and
+    the previous backlog was drained before this one is published)."""
+    before = end_offset(stack, stack.names.identity_events)
+    wall, cpu = drain_backlog(stack, messages, total, f"worker-{label}.log")
     return {
-        "rate": valid / (done - ready),
-        "per_cpu": valid / (at_end[0] - cpu_ready),
-        "batches": (after[topics[0]] - before[topics[0]]) * 1000 / valid,
+        "rate": valid / wall,
+        "per_cpu": valid / cpu,
+        "batches": (end_offset(stack, stack.names.identity_events) - before) * 1000 / valid,
         "bad": len(messages) - valid,
     }
 
@@ -130,7 +118,7 @@ def run(customers: int, rounds: int, settings: dict[str, str]) -> None:
         base = dataset(customers, seed=25)
         warm = retag(dataset(max(customers // 10, 10), seed=30), "warm-")
         total = len(warm)
-        drain_backlog(stack, [keyed(s, e) for s, e in warm], len(warm), total, "warm-up")
+        drain_backlog(stack, [keyed(s, e) for s, e in warm], total, "worker-warm-up.log")
         print(f"{len(base):,} valid events per backlog, {customers:,} customers, {rounds} rounds",
               " ".join(f"{k}={v}" for k, v in settings.items()))
         print(f"{'round':>5}  {'mix':<9} {'bad':>5} {'events/s':>9} {'ratio':>6} {'per CPU s':>9} {'ratio':>6} "
@@ -145,7 +133,7 @@ def run(customers: int, rounds: int, settings: dict[str, str]) -> None:
             for mix in order:
                 valid = retag(base, f"r{n}{mix}-")
                 total += len(valid)
-                results[mix] = drain_backlog(stack, backlog(valid, bad, mix), len(valid), total, f"{n}-{mix}")
+                results[mix] = measure(stack, backlog(valid, bad, mix), len(valid), total, f"{n}-{mix}")
             clean = results["clean"]
             for mix in MIXES:
                 r = results[mix]

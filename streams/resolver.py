@@ -81,8 +81,6 @@ class Resolver:
         """The identifiers of the people whose erasure is put off: their events are dropped as
         they will be after it, so that none links the person to someone else first (the erasure,
         carried out later, would then erase that other person too)."""
-        if not self._get(ERASING_KEY):
-            return frozenset()
         return put_off_erasures(self._get)[0]
 
     async def handle(self, value: bytes) -> None:

@@ -734,19 +734,11 @@ def throughput_note(stack: Stack, clean: Backlog, poisoned: Backlog, warm_up: Ba
     cpu = Counter[str]()
     total = 0
     for n, (label, backlog) in enumerate(runs):
-        assert stack.worker.stop() == 0, stack.worker.tail()
-        prod = producer(stack.settings, max_request_size=8 * 1024 * 1024)
-        for (source, key, value), _ in backlog:
-            prod.send(stack.names.source(source), key=key, value=value)
-        prod.flush()
-        prod.close()
-        worker = stack.start_worker(f"worker-backlog-{n}.log")
-        ready, cpu_ready = time.time(), proc_cpu(worker.proc.pid)
         valid = sum(count for _, count in backlog)
         total += valid
-        at_end: list[float] = []
-        seconds[label] += drain(stack, total, reached_hook=lambda: at_end.append(proc_cpu(worker.proc.pid))) - ready
-        cpu[label] += at_end[0] - cpu_ready
+        wall, used = drain_backlog(stack, [message for message, _ in backlog], total, f"worker-backlog-{n}.log")
+        seconds[label] += wall
+        cpu[label] += used
         events[label] += valid
     clean_rate, poisoned_rate = (events[label] / seconds[label] for label in ("clean", "poisoned"))
     clean_cpu, poisoned_cpu = (events[label] / cpu[label] for label in ("clean", "poisoned"))
@@ -754,6 +746,23 @@ def throughput_note(stack: Stack, clean: Backlog, poisoned: Backlog, warm_up: Ba
     return (f"valid events/s: clean {clean_rate:,.0f}, with poison {poisoned_rate:,.0f} "
             f"({poisoned_rate / clean_rate:.2f}x; {order}); per worker CPU second: clean {clean_cpu:,.0f}, "
             f"with poison {poisoned_cpu:,.0f} ({poisoned_cpu / clean_cpu:.2f}x)")
+
+
+def drain_backlog(stack: Stack, messages: list[Message], total: int, log_name: str) -> tuple[float, float]:
+    """Publish ``messages`` while the worker is stopped, restart it, and wait until the published
+    profiles hold ``total`` events: the seconds and the worker's CPU seconds from its readiness to
+    the update that completed them (:func:`drain`)."""
+    assert stack.worker.stop() == 0, stack.worker.tail()
+    prod = producer(stack.settings, max_request_size=8 * 1024 * 1024)
+    for source, key, value in messages:
+        prod.send(stack.names.source(source), key=key, value=value)
+    prod.flush()
+    prod.close()
+    worker = stack.start_worker(log_name)
+    ready, cpu_ready = time.time(), proc_cpu(worker.proc.pid)
+    at_end: list[float] = []
+    done = drain(stack, total, reached_hook=lambda: at_end.append(proc_cpu(worker.proc.pid)))
+    return done - ready, at_end[0] - cpu_ready
 
 
 def halves(backlog: Backlog) -> tuple[Backlog, Backlog]:
