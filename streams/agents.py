@@ -43,6 +43,7 @@ from models.segmentation import (
 )
 from models.view import iso_text, redis_fields, render_profile
 from streams.app import Wiring
+from streams.batching import take_batches
 from streams.shutdown import SendGate
 from streams.topics import partition_of
 
@@ -733,12 +734,22 @@ class Summarizer:
 def register_agents(app: faust.App, wiring: Wiring) -> None:
     settings = wiring.settings
 
+    def behind(event: faust.EventT) -> int:
+        """Messages after ``event`` in its partition, as far as the consumer knows (0 if it does not)."""
+        message = event.message
+        try:
+            return app.consumer.highwater(message.tp) - message.offset - 1
+        except Exception:  # noqa: BLE001 - no high-water mark yet: treat the input as caught up
+            return 0
+
     @app.agent(wiring.input_topic, name="validate_events")
     async def validate_events(stream: faust.StreamT) -> None:
         # Batches of input messages (acked after the batch is passed on): one message to the
-        # identity stage per batch instead of one per event.
-        async for events in stream.take_events(settings.batch_max_messages, within=settings.batch_wait_ms / 1000):
-            await route_batch(wiring, list(events))
+        # identity stage per batch instead of one per event; the longer window while the input
+        # lags keeps a backlog's batches full (streams.batching).
+        async for events in take_batches(stream, settings.batch_max_messages, settings.batch_wait_ms / 1000,
+                                         settings.batch_backlog_wait_ms / 1000, behind):
+            await route_batch(wiring, events)
 
     from streams.resolver import register_identity
     from streams.metrics import LAG_INTERVAL, MetricsServer, WorkerMetrics

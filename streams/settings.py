@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     # Batching between the stages
     batch_max_messages: int = Field(default=500, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=20, ge=1, le=10_000)
+    batch_backlog_wait_ms: int = Field(default=500, ge=1, le=60_000)
     internal_message_bytes: int = Field(default=262_144, ge=1024, le=8 * 1024 * 1024)
 
     # Identity
@@ -194,6 +195,12 @@ class Settings(BaseSettings):
 
     def check_auth(self) -> None:
         """Cross-field checks that a single field validator cannot make."""
+        if self.batch_backlog_wait_ms < self.batch_wait_ms:
+            raise ConfigError(
+                f"OMNIPROFILE_BATCH_BACKLOG_WAIT_MS={self.batch_backlog_wait_ms} is shorter than "
+                f"OMNIPROFILE_BATCH_WAIT_MS={self.batch_wait_ms}: set it at least as long (equal turns the "
+                "longer window for backlogs off)"
+            )
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
