@@ -8,14 +8,22 @@ to ``backlog_s`` as soon as one of its messages is at least a full batch behind 
 partition.
 
 A batch's events are acked when the next batch is asked for, that is after the caller has passed
-the batch on: a worker that dies meanwhile sees them again (at least once).
+the batch on: a worker that dies meanwhile sees them again (at least once). When ``halt`` is set
+(faust's ``consumer.suspend_flow``: a rebalance or a stop, which waits until every event handed to
+a stream is acked) the open batch is cut at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
+
+
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
 
 
 def window_seconds(behind: int, max_messages: int, live_s: float, backlog_s: float) -> float:
@@ -33,12 +41,14 @@ async def take_batches(
     live_s: float,
     backlog_s: float,
     behind: Callable[[Any], int],
+    halt: Flag | None = None,
 ) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_messages`` events of a Faust ``stream``.
 
     ``behind(event)`` tells how far the event is from the end of its partition. A reader task moves
     the stream's events (not acked) into a queue of one batch; a batch starts with the next event and
-    takes what comes until it is full or its window has passed. A failing stream raises here.
+    takes what comes until it is full, its window has passed or ``halt`` is set. A failing stream
+    raises here.
     """
     source = stream.noack()
     queue: asyncio.Queue = asyncio.Queue(maxsize=max_messages)
@@ -49,27 +59,43 @@ async def take_batches(
 
     reader = asyncio.ensure_future(read())
     loop = asyncio.get_running_loop()
+    waiting: set[asyncio.Future] = set()
+
+    async def next_event(timeout: float | None) -> Any:
+        """The next event, or None when ``timeout`` passes, ``halt`` is set or the reader stops."""
+        getter = asyncio.ensure_future(queue.get())
+        waits = {getter, reader}
+        if halt is not None and timeout is not None:
+            waits.add(asyncio.ensure_future(halt.wait()))
+        waiting.update(waits - {reader})
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits - {reader}:
+                if not task.done():
+                    task.cancel()
+            waiting.difference_update(waits)
+        # A get that finished is taken even if something else finished first: its event is out of the queue.
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
     try:
         while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
+            first = await next_event(None)
+            if first is None:
                 reader.result()  # raises what the stream raised
                 return
-            batch = [getter.result()]
+            batch = [first]
             started = loop.time()
-            deadline = started + window_seconds(behind(batch[0]), max_messages, live_s, backlog_s)
+            deadline = started + window_seconds(behind(first), max_messages, live_s, backlog_s)
             while len(batch) < max_messages:
                 try:
                     event = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or (halt is not None and halt.is_set()) or reader.done():
                         break
-                    try:
-                        event = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
+                    event = await next_event(remaining)
+                    if event is None:
                         break
                 batch.append(event)
                 deadline = max(deadline, started + window_seconds(behind(event), max_messages, live_s, backlog_s))
@@ -77,4 +103,5 @@ async def take_batches(
             for event in batch:
                 await source.ack(event)
     finally:
-        reader.cancel()
+        for task in (*waiting, reader):
+            task.cancel()

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # Batching between the stages
     batch_max_messages: int = Field(default=500, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=20, ge=1, le=10_000)
-    batch_backlog_wait_ms: int = Field(default=500, ge=1, le=60_000)
+    batch_backlog_wait_ms: int = Field(default=500, ge=1, le=5_000)
     internal_message_bytes: int = Field(default=262_144, ge=1024, le=8 * 1024 * 1024)
 
     # Identity
@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     def uses_development_hash_key(self) -> bool:
         return self.hash_key.get_secret_value() == DEVELOPMENT_HASH_KEY
 
-    def check_auth(self) -> None:
+    def check_cross_fields(self) -> None:
         """Cross-field checks that a single field validator cannot make."""
         if self.batch_backlog_wait_ms < self.batch_wait_ms:
             raise ConfigError(
@@ -240,5 +240,5 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {ENV_PREFIX}{field.upper()}: {msg}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
-    settings.check_auth()
+    settings.check_cross_fields()
     return settings
