@@ -15,6 +15,7 @@ bounded number of times, then the message goes to the dead-letter topic with the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -747,15 +748,17 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
         # Batches of input messages (acked after the batch is passed on): one message to the
         # identity stage per batch instead of one per event; the longer window while the input
         # lags keeps a backlog's batches full (streams.batching).
-        async for events in take_batches(stream, settings.batch_max_messages, settings.batch_wait_ms / 1000,
-                                         settings.batch_backlog_wait_ms / 1000, behind, app.consumer.suspend_flow):
-            try:
-                await route_batch(wiring, events)
-            except Exception as exc:  # noqa: BLE001 - a bug, not input: dead-letter the batch (replayable), go on
-                log.exception("Passing on a batch of %d input messages failed", len(events))
-                for event in events:
-                    await send_dead_letter(wiring, event.message, Rejection(
-                        f"internal error: {type(exc).__name__}: {exc}", event.value or b""))
+        batches = take_batches(stream, settings.batch_max_messages, settings.batch_wait_ms / 1000,
+                               settings.backlog_wait_ms / 1000, behind, app.consumer.suspend_flow)
+        async with contextlib.aclosing(batches):
+            async for events in batches:
+                try:
+                    await route_batch(wiring, events)
+                except Exception as exc:  # noqa: BLE001 - a bug, not input: dead-letter the batch (replayable), go on
+                    log.exception("Passing on a batch of %d input messages failed", len(events))
+                    for event in events:
+                        await send_dead_letter(wiring, event.message, Rejection(
+                            f"internal error: {type(exc).__name__}: {exc}", event.value or b""))
 
     from streams.resolver import register_identity
     from streams.metrics import LAG_INTERVAL, MetricsServer, WorkerMetrics

@@ -8,7 +8,9 @@ to ``backlog_s`` as soon as one of its messages is at least a full batch behind 
 partition.
 
 A batch's events are acked when the next batch is asked for, that is after the caller has passed
-the batch on: a worker that dies meanwhile sees them again (at least once). When ``halt`` is set
+the batch on: a worker that dies meanwhile sees them again (at least once). Up to about twice
+``max_messages`` events are held unacked (the batch in hand and a full queue), against about
+``max_messages`` with ``take_events``. When ``halt`` is set
 (faust's ``consumer.suspend_flow``: a rebalance or a stop, which waits until every event handed to
 a stream is acked) the open batch is cut at once.
 """

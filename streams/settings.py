@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # Batching between the stages
     batch_max_messages: int = Field(default=500, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=20, ge=1, le=10_000)
-    batch_backlog_wait_ms: int = Field(default=500, ge=1, le=5_000)
+    batch_backlog_wait_ms: int | None = Field(default=None, ge=1, le=10_000)
     internal_message_bytes: int = Field(default=262_144, ge=1024, le=8 * 1024 * 1024)
 
     # Identity
@@ -159,6 +159,18 @@ class Settings(BaseSettings):
         return frozenset({"", *(v.strip().lower() for v in self.identity_blocked_values.split(","))})
 
     @property
+    def backlog_wait_ms(self) -> int:
+        """The batch window while the input lags: ``OMNIPROFILE_BATCH_BACKLOG_WAIT_MS``, or when unset
+        500 ms, or ``OMNIPROFILE_BATCH_WAIT_MS`` if that is longer.
+
+        >>> Settings().backlog_wait_ms, Settings(batch_wait_ms=1000).backlog_wait_ms, Settings(batch_backlog_wait_ms=40).backlog_wait_ms
+        (500, 1000, 40)
+        """
+        if self.batch_backlog_wait_ms is not None:
+            return self.batch_backlog_wait_ms
+        return max(500, self.batch_wait_ms)
+
+    @property
     def bootstrap_list(self) -> list[str]:
         return self.kafka_bootstrap_servers.split(",")
 
@@ -195,7 +207,7 @@ class Settings(BaseSettings):
 
     def check_cross_fields(self) -> None:
         """Cross-field checks that a single field validator cannot make."""
-        if self.batch_backlog_wait_ms < self.batch_wait_ms:
+        if self.batch_backlog_wait_ms is not None and self.batch_backlog_wait_ms < self.batch_wait_ms:
             raise ConfigError(
                 f"OMNIPROFILE_BATCH_BACKLOG_WAIT_MS={self.batch_backlog_wait_ms} is shorter than "
                 f"OMNIPROFILE_BATCH_WAIT_MS={self.batch_wait_ms}: set it at least as long (equal turns the "

@@ -79,23 +79,24 @@ def test_the_window_is_the_backlog_one_from_a_full_batch_behind():
 
 
 async def test_caught_up_events_further_apart_than_the_live_window_go_one_per_batch():
-    # 100 ms between events, a 10 ms live window: nothing waits for the next one.
-    stream = ScheduledStream([(0.1, Event(n, behind=0)) for n in range(4)])
+    # 300 ms between events, a 10 ms live window: nothing waits for the next one.
+    stream = ScheduledStream([(0.3, Event(n, behind=0)) for n in range(4)])
     assert await first_batches(stream, 4) == [[0], [1], [2], [3]]
 
 
 async def test_events_of_a_backlog_wait_for_each_other_up_to_the_backlog_window():
-    # The same spacing, but every event is far behind its partition's end: one batch of all four.
-    stream = ScheduledStream([(0.1, Event(n, behind=5_000)) for n in range(4)])
-    assert await first_batches(stream, 1) == [[0, 1, 2, 3]]
+    # The same spacing, but every event is far behind its partition's end: they wait for each
+    # other (a 30 s window) until the batch is full at four.
+    stream = ScheduledStream([(0.3, Event(n, behind=5_000)) for n in range(5)])
+    assert await first_batches(stream, 1, max_messages=4, backlog_s=30.0) == [[0, 1, 2, 3]]
 
 
 async def test_a_batch_that_starts_live_switches_to_the_backlog_window_when_a_lagging_event_comes():
-    schedule = [(0.0, Event(0, behind=0)), (0.0, Event(1, behind=800)), (0.1, Event(2, behind=700)),
-                (0.1, Event(3, behind=0))]
-    # Event 1 comes with event 0 and is 800 behind (>= 500): the window becomes 0.5 s, so events 2
-    # and 3 join; a 4-event batch, where a fixed 10 ms window would have made 0-1, 2, 3.
-    assert await first_batches(ScheduledStream(schedule), 1) == [[0, 1, 2, 3]]
+    schedule = [(0.0, Event(0, behind=0)), (0.0, Event(1, behind=800)), (0.3, Event(2, behind=700)),
+                (0.3, Event(3, behind=0)), (0.0, Event(4, behind=0))]
+    # Event 1 comes with event 0 and is 800 behind (>= 4): the window becomes 30 s, so events 2 and 3
+    # join and fill the batch; a fixed 10 ms window would have made 0-1, 2, 3-4.
+    assert await first_batches(ScheduledStream(schedule), 1, max_messages=4, backlog_s=30.0) == [[0, 1, 2, 3]]
 
 
 async def test_a_batch_is_cut_at_the_count_and_the_rest_follows():
@@ -106,7 +107,7 @@ async def test_a_batch_is_cut_at_the_count_and_the_rest_follows():
 
 
 async def test_events_are_acked_only_when_the_next_batch_is_asked_for():
-    stream = ScheduledStream([(0.0, Event(n, behind=0)) for n in range(3)] + [(0.1, Event(3, behind=0))])
+    stream = ScheduledStream([(0.0, Event(n, behind=0)) for n in range(3)] + [(0.3, Event(3, behind=0))])
     batches = take_batches(stream, 500, 0.01, 0.5, behind)
     try:
         first = await batches.__anext__()
@@ -151,3 +152,25 @@ async def test_a_halt_cuts_the_open_batch_at_once():
         assert [e.number for e in batch] == [0]
     finally:
         await batches.aclose()
+
+
+async def test_after_a_halt_the_queued_events_still_come_and_the_batches_go_on():
+    halt = asyncio.Event()
+    halt.set()  # the flow is stopped: batches are cut as soon as the queue is empty, never waited on
+    stream = ScheduledStream([(0.0, Event(0, behind=5_000)), (0.0, Event(1, behind=5_000)),
+                              (0.3, Event(2, behind=5_000))])
+    batches = take_batches(stream, 500, 0.01, 30.0, behind, halt)
+    try:
+        assert [e.number for e in await asyncio.wait_for(batches.__anext__(), 10)] == [0, 1]
+        assert [e.number for e in await asyncio.wait_for(batches.__anext__(), 10)] == [2]
+        assert stream.acked == [0, 1]
+    finally:
+        await batches.aclose()
+
+
+def test_a_longer_live_window_set_before_this_setting_existed_still_loads():
+    from streams.settings import load_settings
+
+    settings = load_settings(batch_wait_ms=1000)
+    assert (settings.batch_wait_ms, settings.backlog_wait_ms) == (1000, 1000)
+    assert load_settings(batch_wait_ms=20).backlog_wait_ms == 500
