@@ -30,15 +30,16 @@ Defaults: 1200 customers, 3 rounds; ``NAME=VALUE`` sets an ``OMNIPROFILE_NAME`` 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.admin import client_options
+from streams.endoffsets import FetchedEnds
 from streams.local import RedisServer, Tansu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scenario's own helpers, from tests/
@@ -52,13 +53,23 @@ OVERSIZED = 1_000_000  # the scenario's oversized messages are 1.2 MB, every oth
 
 
 def end_offset(stack: Stack, topic: str) -> int:
-    """The sum of ``topic``'s partitions' end offsets."""
-    consumer = KafkaConsumer(**client_options(stack.settings))
+    """The sum of ``topic``'s partitions' end offsets, as a fetch reports them (Tansu lists the end
+    of a multi-record batch short: :mod:`streams.endoffsets`)."""
+    return asyncio.run(fetched_end(stack.settings.kafka_bootstrap_servers, topic))
+
+
+async def fetched_end(bootstrap: str, topic: str) -> int:
+    lister = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await lister.start()
+    ends = FetchedEnds(lambda *tps: lister.end_offsets(list(tps)),
+                       lambda: AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=20))
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum(consumer.end_offsets(parts).values()) if parts else 0
+        await lister.topics()  # metadata, for the partitions
+        parts = [TopicPartition(topic, p) for p in sorted(lister.partitions_for_topic(topic) or ())]
+        return sum((await ends.highwaters(*parts)).values()) if parts else 0
     finally:
-        consumer.close()
+        await ends.close()
+        await lister.stop()
 
 
 def backlog(valid: list[tuple[str, dict]], bad: list[Message], mix: str) -> list[Message]:

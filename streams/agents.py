@@ -169,9 +169,26 @@ def chunks(records: list, max_bytes: int) -> list[bytes]:
     return [b"[" + b",".join(part) + b"]" for part in split_by_size([orjson.dumps(r) for r in records], max_bytes)]
 
 
+async def dead_letter_all(wiring: Wiring, events: list[faust.EventT], reason: str) -> None:
+    """Every message of a batch to the dead letters with ``reason``, to be replayed."""
+    for event in events:
+        await send_dead_letter(wiring, event.message, Rejection(reason, event.value or b""))
+
+
 async def route_batch(wiring: Wiring, events: list[faust.EventT]) -> None:
     """Validate a batch of input messages: dead-letter the invalid parts, and pass every valid
-    record on to identity resolution in as few messages as the size limit allows."""
+    record on to identity resolution in as few messages as the size limit allows.
+
+    Never raises: a failure (a bug, not input) dead-letters the whole batch instead of stopping
+    the stage on it again at each restart."""
+    try:
+        await pass_on(wiring, events)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("Passing on a batch of %d input messages failed", len(events))
+        await dead_letter_all(wiring, events, f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def pass_on(wiring: Wiring, events: list[faust.EventT]) -> None:
     records: list[dict] = []
     for event in events:
         try:
@@ -195,9 +212,8 @@ async def route_batch(wiring: Wiring, events: list[faust.EventT]) -> None:
             await wiring.identity_events_topic.send(key=b"records", value=b'{"records":' + part + b"}")
 
     reason = await retried(f"passing {len(records)} events to identity resolution", send)
-    if reason is not None:  # every message of the batch goes to the dead letters, to be replayed
-        for event in events:
-            await send_dead_letter(wiring, event.message, Rejection(reason, event.value or b""))
+    if reason is not None:
+        await dead_letter_all(wiring, events, reason)
 
 
 async def send_by_customer(wiring: Wiring, key: bytes, value: bytes) -> faust.types.FutureMessage:
@@ -752,13 +768,7 @@ def register_agents(app: faust.App, wiring: Wiring) -> None:
                                settings.backlog_wait_ms / 1000, behind, app.consumer.suspend_flow)
         async with contextlib.aclosing(batches):
             async for events in batches:
-                try:
-                    await route_batch(wiring, events)
-                except Exception as exc:  # noqa: BLE001 - a bug, not input: dead-letter the batch (replayable), go on
-                    log.exception("Passing on a batch of %d input messages failed", len(events))
-                    for event in events:
-                        await send_dead_letter(wiring, event.message, Rejection(
-                            f"internal error: {type(exc).__name__}: {exc}", event.value or b""))
+                await route_batch(wiring, events)
 
     from streams.resolver import register_identity
     from streams.metrics import LAG_INTERVAL, MetricsServer, WorkerMetrics

@@ -61,7 +61,6 @@ async def take_batches(
 
     reader = asyncio.ensure_future(read())
     loop = asyncio.get_running_loop()
-    waiting: set[asyncio.Future] = set()
 
     async def next_event(timeout: float | None) -> Any:
         """The next event, or None when ``timeout`` passes, ``halt`` is set or the reader stops."""
@@ -69,14 +68,11 @@ async def take_batches(
         waits = {getter, reader}
         if halt is not None and timeout is not None:
             waits.add(asyncio.ensure_future(halt.wait()))
-        waiting.update(waits - {reader})
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        finally:  # also when the caller is cancelled here
             for task in waits - {reader}:
-                if not task.done():
-                    task.cancel()
-            waiting.difference_update(waits)
+                task.cancel()
         # A get that finished is taken even if something else finished first: its event is out of the queue.
         return getter.result() if getter.done() and not getter.cancelled() else None
 
@@ -105,5 +101,4 @@ async def take_batches(
             for event in batch:
                 await source.ack(event)
     finally:
-        for task in (*waiting, reader):
-            task.cancel()
+        reader.cancel()

@@ -102,3 +102,51 @@ def test_the_fetch_wait_reaches_the_attribute_aiokafka_starts_its_fetcher_with()
         assert calls == ["transport"] and made._fetch_max_wait_ms == 37
     finally:
         driver.AIOKafkaConsumerThread._create_worker_consumer = original
+
+
+async def test_a_batch_that_fails_to_be_passed_on_goes_to_the_dead_letters_whole(monkeypatch):
+    # A bug after validation (here: framing the records) must not stop the stage on the same batch
+    # at every restart: every message of the batch is dead-lettered with the error, to be replayed.
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import streams.agents as agents
+    from streams.settings import Settings
+
+    letters: list[dict] = []
+    passed: list[bytes] = []
+
+    async def dead_letter_send(key, value):
+        letters.append(orjson.loads(value))
+
+    async def identity_send(key, value):
+        passed.append(value)
+
+    wiring = SimpleNamespace(
+        settings=Settings(),
+        names=SimpleNamespace(source_of=lambda topic: "clickstream"),
+        stats=SimpleNamespace(events_valid=Counter(), dead_letters=Counter()),
+        deadletter_topic=SimpleNamespace(send=dead_letter_send),
+        identity_events_topic=SimpleNamespace(send=identity_send),
+    )
+    now = 1_795_341_600_000
+    values = [orjson.dumps({"event_id": f"e-{n}", "type": "page_view", "ts": now, "customer_id": f"c-{n}",
+                            "channel": "web"}) for n in range(3)]
+    events = [SimpleNamespace(value=v, message=SimpleNamespace(topic="t.events.clickstream", partition=0, offset=n,
+                                                               key=None))
+              for n, v in enumerate(values)]
+
+    def broken(records, max_bytes):
+        raise RuntimeError("framing bug")
+
+    monkeypatch.setattr(agents, "chunks", broken)
+    await agents.route_batch(wiring, events)
+    assert passed == []
+    assert [(d["offset"], d["error"]) for d in letters] == [(n, "internal error: RuntimeError: framing bug")
+                                                           for n in range(3)]
+    assert wiring.stats.events_valid["clickstream"] == 3  # validated before the failure
+
+    monkeypatch.undo()
+    letters.clear()
+    await agents.route_batch(wiring, events)
+    assert letters == [] and len(passed) == 1  # the same batch without the bug goes through
